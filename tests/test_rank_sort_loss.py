@@ -129,7 +129,8 @@ def test_small_chunks_give_the_same_result(monkeypatch):
     """Chunking the negatives and blocking the positive pairs does not change a value."""
     scores, targets, delta, _ = make_case(11)
     full = split_gradients(scores, targets, delta)
-    monkeypatch.setattr(rs_module, "_NEGATIVE_CHUNK", 7)
+    monkeypatch.setattr(rs_module, "_NEGATIVE_CHUNK_CPU", 7)
+    monkeypatch.setattr(rs_module, "_NEGATIVE_CHUNK_ACCELERATOR", 7)
     monkeypatch.setattr(rs_module, "_PAIR_BLOCK", 16)
     chunked = split_gradients(scores, targets, delta)
     ref = reference_rank_sort(scores, targets, delta)

@@ -24,8 +24,10 @@ from torch import Tensor, nn
 __all__ = ["rank_sort_loss", "RankSortLoss"]
 
 _EPS = 1e-10
-# Entries of the logits processed at once when scanning for negatives.
-_NEGATIVE_CHUNK = 1 << 21
+# Entries of the logits scanned at once for negatives: small on CPU (bounded temporaries,
+# same speed), large on accelerators (fewer kernel launches).
+_NEGATIVE_CHUNK_CPU = 1 << 16
+_NEGATIVE_CHUNK_ACCELERATOR = 1 << 22
 # Entries of one positive x positive block of the sorting part.
 _PAIR_BLOCK = 1 << 22
 
@@ -44,40 +46,54 @@ def _negative_windows(x: Tensor, sorted_pos: Tensor, delta: float) -> Tuple[Tens
     for the positives ``[a, b)``; it does not count for the rest. For δ = 0, ``a == b``.
     """
     if delta > 0:
-        a = torch.searchsorted(sorted_pos, x - delta, right=True)
-        b = torch.searchsorted(sorted_pos, x + delta, right=False)
+        a = torch.searchsorted(sorted_pos, x - delta, right=True, out_int32=True)
+        b = torch.searchsorted(sorted_pos, x + delta, right=False, out_int32=True)
         return a, b
-    a = torch.searchsorted(sorted_pos, x, right=True)
+    a = torch.searchsorted(sorted_pos, x, right=True, out_int32=True)
     return a, a
 
 
-def _relevant_negative_chunks(logits: Tensor, targets: Tensor, threshold: float):
-    """Yield (flat slice, mask within it, float64 scores) of the relevant negatives, chunk by chunk."""
-    total = logits.numel()
-    for start in range(0, total, _NEGATIVE_CHUNK):
-        part = slice(start, min(start + _NEGATIVE_CHUNK, total))
-        scores = logits[part]
-        mask = (targets[part] == 0) & (scores >= threshold)
-        yield part, mask, scores[mask].double()
+class _RelevantNegatives:
+    """The relevant negatives, scanned chunk by chunk, with their windows among the positives.
+
+    Relevant negatives are those with s_j >= min_P s - δ; any other negative has H = 0 for
+    every positive. The windows are found once and reused for the gradient pass.
+    """
+
+    def __init__(self, logits: Tensor, targets: Tensor, sorted_pos: Tensor, delta: float):
+        self.logits = logits
+        self.delta = delta
+        threshold = sorted_pos[0].item() - delta
+        self.chunks = []
+        self.count = 0
+        total = logits.numel()
+        chunk = _NEGATIVE_CHUNK_CPU if logits.device.type == "cpu" else _NEGATIVE_CHUNK_ACCELERATOR
+        for start in range(0, total, chunk):
+            part = slice(start, min(start + chunk, total))
+            scores = logits[part]
+            mask = (targets[part] == 0) & (scores >= threshold)
+            x = scores[mask].double()
+            if x.numel() == 0:
+                continue
+            self.count += x.numel()
+            self.chunks.append((part, mask) + _negative_windows(x, sorted_pos, delta))
+
+    def __iter__(self):
+        """Yield (flat slice, mask within it, float64 scores, a, b) for every chunk."""
+        for part, mask, a, b in self.chunks:
+            yield part, mask, self.logits[part][mask].double(), a, b
 
 
-def _false_positive_mass(
-    logits: Tensor, targets: Tensor, sorted_pos: Tensor, delta: float
-) -> Tensor:
+def _false_positive_mass(negatives: _RelevantNegatives, sorted_pos: Tensor) -> Tensor:
     """FP(i) = sum_j H(s_j - s_i) over the relevant negatives, for every sorted positive i."""
     num_pos = sorted_pos.numel()
+    delta = negatives.delta
     opts = dict(dtype=torch.float64, device=sorted_pos.device)
     starts = torch.zeros(num_pos + 1, **opts)  # negatives whose ramp starts at positive k
     ends = torch.zeros(num_pos + 1, **opts)  # negatives whose ramp ends at positive k
     start_c = torch.zeros(num_pos + 1, **opts)  # sum of x/2δ + 1/2 over those starting at k
     end_c = torch.zeros(num_pos + 1, **opts)
-    num_neg = 0
-    threshold = sorted_pos[0].item() - delta
-    for _, _, x in _relevant_negative_chunks(logits, targets, threshold):
-        if x.numel() == 0:
-            continue
-        num_neg += x.numel()
-        a, b = _negative_windows(x, sorted_pos, delta)
+    for _, _, x, a, b in negatives:
         ones = torch.ones_like(x)
         starts.index_add_(0, a, ones)
         if delta > 0:
@@ -86,7 +102,7 @@ def _false_positive_mass(
             start_c.index_add_(0, a, c)
             end_c.index_add_(0, b, c)
     started = starts.cumsum(0)[:num_pos]
-    fp = num_neg - started  # negatives with a_j > i count fully
+    fp = negatives.count - started  # negatives with a_j > i count fully
     if delta > 0:
         on_ramp = started - ends.cumsum(0)[:num_pos]
         ramp_c = start_c.cumsum(0)[:num_pos] - end_c.cumsum(0)[:num_pos]
@@ -97,22 +113,14 @@ def _false_positive_mass(
 
 
 def _scatter_negative_gradient(
-    grad: Tensor,
-    logits: Tensor,
-    targets: Tensor,
-    sorted_pos: Tensor,
-    weight: Tensor,
-    delta: float,
+    grad: Tensor, negatives: _RelevantNegatives, sorted_pos: Tensor, weight: Tensor
 ) -> None:
     """Write g_j = sum_i weight_i · H(s_j - s_i) for every relevant negative j into ``grad``."""
+    delta = negatives.delta
     zero = sorted_pos.new_zeros(1)
     w_prefix = torch.cat([zero, weight.cumsum(0)])
     ws_prefix = torch.cat([zero, (weight * sorted_pos).cumsum(0)])
-    threshold = sorted_pos[0].item() - delta
-    for part, mask, x in _relevant_negative_chunks(logits, targets, threshold):
-        if x.numel() == 0:
-            continue
-        a, b = _negative_windows(x, sorted_pos, delta)
+    for part, mask, x, a, b in negatives:
         g = w_prefix[a]
         if delta > 0:
             ramp_w = w_prefix[b] - g
@@ -172,7 +180,8 @@ def _rank_sort_forward(logits: Tensor, targets: Tensor, delta: float, need_grad:
     pos_idx = pos_idx[order]
     sorted_iou = targets[pos_idx].double()
 
-    fp = _false_positive_mass(logits, targets, sorted_pos, delta)
+    negatives = _RelevantNegatives(logits, targets, sorted_pos, delta)
+    fp = _false_positive_mass(negatives, sorted_pos)
     rank_pos, sort_err, g_sort = _sorting_terms(sorted_pos, sorted_iou, delta, need_grad)
     rank_err = fp / (rank_pos + fp)
     loss_rank = rank_err.mean().to(out_dtype)
@@ -185,7 +194,7 @@ def _rank_sort_forward(logits: Tensor, targets: Tensor, delta: float, need_grad:
     # Each relevant negative receives rank_err(i) · H / FP(i) = H / rank(i) from positive i.
     weight = torch.where(has_fp, rank_err / fp.clamp(min=_EPS), no_update) / num_pos
     g_rank = torch.zeros(logits.shape, dtype=out_dtype, device=logits.device)
-    _scatter_negative_gradient(g_rank, logits, targets, sorted_pos, weight, delta)
+    _scatter_negative_gradient(g_rank, negatives, sorted_pos, weight)
     g_rank[pos_idx] = (-torch.where(has_fp, rank_err, no_update) / num_pos).to(out_dtype)
     return loss_rank, loss_sort, g_rank, pos_idx, (g_sort / num_pos).to(out_dtype)
 
