@@ -1,0 +1,26 @@
+"""Config keys of rs_detectron2, added to a detectron2 config by :func:`add_rs_config`."""
+from detectron2.config import CfgNode as CN
+
+
+def add_rs_config(cfg: CN) -> None:
+    """Add the RS Loss keys (``cfg.MODEL.RS``) and the built-in synthetic dataset keys
+    (``cfg.DATASETS.RS_SYNTHETIC``) to ``cfg``, with the published defaults."""
+    cfg.MODEL.RS = CN()
+    # Smoothing δ of the step function in RS Loss (0 = hard step).
+    cfg.MODEL.RS.DELTA = 0.5
+    # Weight of all three RS-RPN losses (rank, sort, box).
+    cfg.MODEL.RS.RPN_HEAD_WEIGHT = 0.2
+    # At most this many positive RoIs (a random subset, with their weights) feed the mask head.
+    cfg.MODEL.RS.MAX_MASK_ROIS = 200
+
+    cfg.DATASETS.RS_SYNTHETIC = CN()
+    # Cache folder of the generated dataset; "" = $DETECTRON2_DATASETS or ./datasets.
+    cfg.DATASETS.RS_SYNTHETIC.ROOT = ""
+    # Number of generated training images (rs_synthetic_train).
+    cfg.DATASETS.RS_SYNTHETIC.NUM_TRAIN = 1000
+    # Number of generated validation images (rs_synthetic_val).
+    cfg.DATASETS.RS_SYNTHETIC.NUM_VAL = 200
+    # Side of the square generated images, in pixels.
+    cfg.DATASETS.RS_SYNTHETIC.IMAGE_SIZE = 256
+    # Seed of the generator; the same keys always give the same images.
+    cfg.DATASETS.RS_SYNTHETIC.SEED = 0
