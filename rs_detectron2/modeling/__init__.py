@@ -1,0 +1,19 @@
+"""RS heads, registered with detectron2's registries on import."""
+from .rs_box_losses import balance_to, localisation_quality, score_weighted_giou_loss
+from .rs_cascade_roi_heads import RSCascadeROIHeads
+from .rs_fast_rcnn import RSFastRCNNOutputLayers
+from .rs_mask_head import RSMaskRCNNConvUpsampleHead, weighted_dice_loss
+from .rs_roi_heads import RSStandardROIHeads
+from .rs_rpn import RSRPN
+
+__all__ = [
+    "RSRPN",
+    "RSStandardROIHeads",
+    "RSCascadeROIHeads",
+    "RSFastRCNNOutputLayers",
+    "RSMaskRCNNConvUpsampleHead",
+    "balance_to",
+    "localisation_quality",
+    "score_weighted_giou_loss",
+    "weighted_dice_loss",
+]

@@ -1,0 +1,61 @@
+"""The RS mask head: detectron2's conv-upsample mask head trained with a score-weighted Dice loss."""
+from typing import List
+
+import torch
+from torch import Tensor
+
+from detectron2.layers import cat
+from detectron2.modeling.roi_heads import ROI_MASK_HEAD_REGISTRY, MaskRCNNConvUpsampleHead
+from detectron2.modeling.roi_heads.mask_head import mask_rcnn_inference
+from detectron2.structures import Instances
+
+_EPS = 1e-10
+_DICE_SMOOTH = 1e-5
+
+
+def weighted_dice_loss(pred_mask_logits: Tensor, instances: List[Instances]) -> Tensor:
+    """Dice loss of each positive RoI's mask for its ground-truth class, weighted by the RoI's
+    ``rs_weights`` and normalised by their sum (1 when the sum is below 1e-10).
+
+    Per RoI: 1 - 2 sum(p t) / (sum p^2 + sum t^2 + 1e-5) over the M x M grid, p the sigmoid
+    mask and t the ground-truth mask cropped to the RoI. A zero attached to the graph when
+    there is no RoI.
+    """
+    class_agnostic = pred_mask_logits.size(1) == 1
+    side = pred_mask_logits.size(2)
+    if pred_mask_logits.size(0) == 0:
+        return pred_mask_logits.sum() * 0.0
+    gt_masks, gt_classes, weights = [], [], []
+    for inst in instances:
+        if len(inst) == 0:
+            continue
+        gt_masks.append(inst.gt_masks.crop_and_resize(inst.proposal_boxes.tensor, side))
+        gt_classes.append(inst.gt_classes)
+        weights.append(inst.rs_weights)
+    gt_masks = cat(gt_masks, dim=0).to(pred_mask_logits.dtype)
+    weights = cat(weights, dim=0).detach()
+    rows = torch.arange(pred_mask_logits.size(0), device=pred_mask_logits.device)
+    logits = pred_mask_logits[:, 0] if class_agnostic else pred_mask_logits[rows, cat(gt_classes)]
+    probs = logits.sigmoid().flatten(1)
+    gt_masks = gt_masks.flatten(1)
+    dice = 1 - 2 * (probs * gt_masks).sum(1) / (
+        (probs * probs).sum(1) + (gt_masks * gt_masks).sum(1) + _DICE_SMOOTH
+    )
+    normaliser = weights.sum()
+    normaliser = torch.where(normaliser < _EPS, torch.ones_like(normaliser), normaliser)
+    return (dice * weights).sum() / normaliser
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class RSMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
+    """detectron2's MaskRCNNConvUpsampleHead (4 convs, deconv, 28 x 28, class-specific) whose
+    training loss is :func:`weighted_dice_loss`. The RoI heads pass it at most
+    ``MODEL.RS.MAX_MASK_ROIS`` positive RoIs carrying ``rs_weights`` and balance its loss to
+    their RS loss (:class:`RSStandardROIHeads`)."""
+
+    def forward(self, x: Tensor, instances: List[Instances]):
+        x = self.layers(x)
+        if self.training:
+            return {"loss_mask": weighted_dice_loss(x, instances) * self.loss_weight}
+        mask_rcnn_inference(x, instances)
+        return instances
