@@ -1,0 +1,259 @@
+"""The RS heads: shapes, loss names, gradients, empty images, and hand-computed toy cases."""
+import glob
+import math
+import os
+
+import pytest
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+import rs_detectron2  # noqa: F401  (registers the heads)
+from rs_detectron2 import add_rs_config
+from rs_detectron2.modeling import RSFastRCNNOutputLayers, weighted_dice_loss
+from rs_detectron2.modeling import rs_fast_rcnn
+from rs_detectron2.modeling.rs_roi_heads import keep_random_subset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
+NUM_CLASSES = 3
+
+
+def tiny_cfg(roi_heads="RSStandardROIHeads", mask_on=True):
+    """The base RS R-CNN config, shrunk to run in a second on a CPU."""
+    cfg = get_cfg()
+    add_rs_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "Base-RS-RCNN-FPN.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.MASK_ON = mask_on
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.NORM = "GN"
+    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 32
+    cfg.MODEL.RESNETS.WIDTH_PER_GROUP = 16
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    cfg.MODEL.FPN.OUT_CHANNELS = 32
+    cfg.MODEL.ROI_HEADS.NAME = roi_heads
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = NUM_CLASSES
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 64
+    cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 16
+    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 64
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 200
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 50
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    if roi_heads == "RSCascadeROIHeads":
+        cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = True
+    return cfg
+
+
+def make_instances(h, w, boxes, classes):
+    inst = Instances((h, w))
+    boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    inst.gt_boxes = Boxes(boxes)
+    inst.gt_classes = torch.tensor(classes, dtype=torch.long)
+    masks = torch.zeros(len(boxes), h, w, dtype=torch.bool)
+    for k, (x0, y0, x1, y1) in enumerate(boxes.round().int().tolist()):
+        masks[k, y0:y1, x0:x1] = True
+    inst.gt_masks = BitMasks(masks)
+    return inst
+
+
+def make_batch(empty=(False, False), h=96, w=128):
+    gen = torch.Generator().manual_seed(0)
+    batch = []
+    for is_empty in empty:
+        image = torch.randint(0, 256, (3, h, w), generator=gen).float()
+        if is_empty:
+            inst = make_instances(h, w, [], [])
+        else:
+            inst = make_instances(h, w, [[10, 12, 50, 60], [60, 20, 120, 70], [30, 50, 70, 90]], [0, 1, 2])
+        batch.append({"image": image, "instances": inst, "height": h, "width": w})
+    return batch
+
+
+EXPECTED_LOSSES = {
+    "RSStandardROIHeads": {
+        "loss_rpn_rank", "loss_rpn_sort", "loss_rpn_box",
+        "loss_roi_rank", "loss_roi_sort", "loss_roi_box", "loss_mask",
+    },
+    "RSCascadeROIHeads": {"loss_rpn_rank", "loss_rpn_sort", "loss_rpn_box", "loss_mask"}
+    | {f"loss_roi_{n}_stage{s}" for n in ("rank", "sort", "box") for s in range(3)},
+}
+
+
+@pytest.mark.parametrize("roi_heads", sorted(EXPECTED_LOSSES))
+def test_training_losses_and_gradients(roi_heads):
+    torch.manual_seed(0)
+    # Box deltas start near zero, so the appended ground-truth proposals stay positives in
+    # every cascade stage and every parameter has something to learn from.
+    model = build_model(tiny_cfg(roi_heads))
+    model.train()
+    with EventStorage() as storage:
+        losses = model(make_batch())
+    assert set(losses) == EXPECTED_LOSSES[roi_heads]
+    for name, value in losses.items():
+        assert value.dim() == 0 and torch.isfinite(value), name
+    sum(losses.values()).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, f"no gradient reaches {name}"
+        if name.endswith("weight") and "norm" not in name:
+            assert param.grad.abs().sum() > 0, f"zero gradient for {name}"
+    # Balancing: the box loss equals its stage's RS loss; the mask loss equals the RoI RS loss.
+    suffix = "_stage0" if roi_heads == "RSCascadeROIHeads" else ""
+    roi_rs = losses[f"loss_roi_rank{suffix}"] + losses[f"loss_roi_sort{suffix}"]
+    assert torch.allclose(losses[f"loss_roi_box{suffix}"], roi_rs, rtol=1e-5)
+    assert torch.allclose(losses["loss_mask"], roi_rs, rtol=1e-5)
+    rpn_rs = losses["loss_rpn_rank"] + losses["loss_rpn_sort"]
+    assert torch.allclose(losses["loss_rpn_box"], rpn_rs, rtol=1e-5)
+    logged = storage.latest()
+    for key in ("rpn/box_balance", "roi_head/mask_balance"):
+        assert key in logged
+
+
+@pytest.mark.parametrize("roi_heads", sorted(EXPECTED_LOSSES))
+def test_batch_without_any_annotation(roi_heads):
+    model = build_model(tiny_cfg(roi_heads))
+    model.train()
+    with EventStorage():
+        losses = model(make_batch(empty=(True, True)))
+    assert set(losses) == EXPECTED_LOSSES[roi_heads]
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    # RPN and RoI heads have no positive: each of their losses is an attached zero.
+    for name, value in losses.items():
+        assert float(value) == 0.0, name
+        assert value.requires_grad, name
+    total.backward()
+
+
+def test_mixed_batch_one_image_empty():
+    model = build_model(tiny_cfg())
+    model.train()
+    with EventStorage():
+        losses = model(make_batch(empty=(False, True)))
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+
+
+@pytest.mark.parametrize("roi_heads", sorted(EXPECTED_LOSSES))
+def test_inference_outputs(roi_heads):
+    model = build_model(tiny_cfg(roi_heads))
+    model.eval()
+    batch = [{"image": b["image"], "height": 48, "width": 64} for b in make_batch()]
+    with torch.no_grad():
+        outputs = model(batch)
+    assert len(outputs) == 2
+    for out in outputs:
+        inst = out["instances"]
+        assert inst.image_size == (48, 64)
+        assert 0 < len(inst) <= 100
+        assert inst.pred_boxes.tensor.shape == (len(inst), 4)
+        assert inst.pred_masks.shape == (len(inst), 48, 64)
+        assert torch.all((inst.scores >= 0) & (inst.scores <= 1))
+        assert torch.all((inst.pred_classes >= 0) & (inst.pred_classes < NUM_CLASSES))
+
+
+def test_rs_predictor_toy_case_by_hand(monkeypatch):
+    """IoU targets from the decoded box of the ground-truth class, weights = max sigmoid,
+    the balanced box loss equals L_rank + L_sort, and the weighted GIoU by hand."""
+    cfg = tiny_cfg()
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 2
+    from detectron2.layers import ShapeSpec
+
+    predictor = RSFastRCNNOutputLayers(cfg, ShapeSpec(channels=8))
+    seen = {}
+    real_loss = rs_fast_rcnn.rank_sort_loss
+
+    def spy(logits, targets, delta):
+        seen["targets"] = targets.clone()
+        return real_loss(logits, targets, delta)
+
+    monkeypatch.setattr(rs_fast_rcnn, "rank_sort_loss", spy)
+    props = Instances((100, 100))
+    props.proposal_boxes = Boxes(torch.tensor([[0, 0, 10, 10], [20, 20, 40, 40], [60, 60, 80, 80.0]]))
+    props.gt_boxes = Boxes(torch.tensor([[0, 0, 10, 10], [20, 20, 40, 40], [0, 0, 10, 10.0]]))
+    props.gt_classes = torch.tensor([1, 0, 2])  # 2 = background
+    scores = torch.tensor([[0.0, math.log(3)], [math.log(0.25), -2.0], [1.0, -1.0]], requires_grad=True)
+    deltas = torch.zeros(3, 8)
+    deltas[0, 4] = 10 * 0.5  # class 1 of proposal 0: shift right by half a width -> IoU 1/3
+    deltas[0, 0:4] = torch.tensor([0.0, 0.0, 5.0, 5.0])  # class 0 (not its class): ignored
+    deltas[1, 2] = 5 * math.log(2)  # class 0 of proposal 1: twice as wide -> IoU 1/2
+    deltas.requires_grad_()
+    with EventStorage() as storage:
+        losses = predictor.losses((scores, deltas), [props])
+    expected_targets = torch.tensor([[0.0, 1 / 3], [0.5, 0.0], [0.0, 0.0]])
+    assert torch.allclose(seen["targets"], expected_targets, atol=1e-6)
+    # Weights: highest sigmoid score of each proposal.
+    assert torch.allclose(props.rs_weights, torch.tensor([0.75, 0.2, 1 / (1 + math.exp(-1))]), atol=1e-6)
+    # GIoU losses: 1 - 1/3 (no enclosing gap) and 1 - 1/2, weighted by 0.75 and 0.2.
+    giou = (0.75 * (2 / 3) + 0.2 * 0.5) / (0.75 + 0.2)
+    rs = float(losses["loss_roi_rank"] + losses["loss_roi_sort"])
+    assert abs(float(losses["loss_roi_box"]) - rs) < 1e-6
+    assert abs(storage.latest()["roi_head/box_balance"][0] - rs / giou) < 1e-5
+    sum(losses.values()).backward()
+    assert deltas.grad[0, 4:].abs().sum() > 0 and deltas.grad[0, :4].abs().sum() == 0
+    assert deltas.grad[2].abs().sum() == 0  # background proposal: no box loss
+
+
+def test_weighted_dice_by_hand():
+    inst = Instances((8, 8))
+    inst.proposal_boxes = Boxes(torch.tensor([[0, 0, 8, 8.0], [0, 0, 8, 8.0]]))
+    full = torch.ones(8, 8, dtype=torch.bool)
+    left = torch.zeros(8, 8, dtype=torch.bool)
+    left[:, :4] = True
+    inst.gt_masks = BitMasks(torch.stack([full, left]))
+    inst.gt_classes = torch.tensor([0, 1])
+    inst.rs_weights = torch.tensor([0.5, 1.5])
+    logits = torch.full((2, 2, 4, 4), -30.0)
+    logits[0, 0] = 30.0  # RoI 0, its class 0: all ones -> dice 0
+    logits[1, 1, :, :2] = 30.0  # RoI 1, its class 1: exactly the left half -> dice 0
+    logits[1, 0] = 30.0  # another class: must not matter
+    assert float(weighted_dice_loss(logits, [inst])) < 1e-6
+    logits[1, 1] = 30.0  # all ones against half: 1 - 2*8/(16+8)
+    expected = 1.5 * (1 - 16 / 24 - 0) / 2.0
+    dice1 = 1 - 2 * 8 / (16 + 8 + 1e-5)
+    expected = 1.5 * dice1 / 2.0
+    assert abs(float(weighted_dice_loss(logits, [inst])) - expected) < 1e-5
+
+
+def test_mask_rois_are_capped():
+    insts = []
+    for n in (150, 120, 0):
+        inst = Instances((10, 10))
+        inst.proposal_boxes = Boxes(torch.zeros(n, 4))
+        insts.append(inst)
+    kept = keep_random_subset(insts, 200)
+    assert sum(len(x) for x in kept) == 200
+    assert all(len(k) <= len(x) for k, x in zip(kept, insts))
+    assert keep_random_subset(insts[:1], 200) == insts[:1]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[os.path.relpath(c, ROOT) for c in CONFIGS])
+def test_every_config_trains_one_iteration(config):
+    """Each shipped config builds its model and runs one training iteration (reduced input)."""
+    cfg = get_cfg()
+    add_rs_config(cfg)
+    cfg.merge_from_file(config)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    model = build_model(cfg)
+    model.train()
+    classes = [0, min(1, cfg.MODEL.ROI_HEADS.NUM_CLASSES - 1)]
+    batch = [
+        {"image": torch.rand(3, 128, 160) * 255, "instances": make_instances(128, 160, [[10, 10, 60, 70], [70, 30, 150, 100]], classes)},
+        {"image": torch.rand(3, 128, 160) * 255, "instances": make_instances(128, 160, [], [])},
+    ]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    with EventStorage():
+        losses = model(batch)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    optimizer.step()
+    assert {"loss_rpn_rank", "loss_rpn_sort", "loss_rpn_box"} <= set(losses)
+    assert ("loss_mask" in losses) == cfg.MODEL.MASK_ON
