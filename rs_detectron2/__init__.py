@@ -3,6 +3,7 @@
 Importing the package registers the RS heads with detectron2's registries and the
 built-in synthetic datasets with its catalogs.
 """
+from . import data  # noqa: F401  (registers rs_synthetic_train / rs_synthetic_val)
 from . import modeling  # noqa: F401  (registers RSRPN, RSStandardROIHeads, ...)
 from .config import add_rs_config
 

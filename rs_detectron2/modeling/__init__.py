@@ -5,6 +5,7 @@ from .rs_fast_rcnn import RSFastRCNNOutputLayers
 from .rs_mask_head import RSMaskRCNNConvUpsampleHead, weighted_dice_loss
 from .rs_roi_heads import RSStandardROIHeads
 from .rs_rpn import RSRPN
+from .small_resnet import build_small_resnet, build_small_resnet_fpn_backbone
 
 __all__ = [
     "RSRPN",
@@ -16,4 +17,6 @@ __all__ = [
     "localisation_quality",
     "score_weighted_giou_loss",
     "weighted_dice_loss",
+    "build_small_resnet",
+    "build_small_resnet_fpn_backbone",
 ]

@@ -1,0 +1,148 @@
+"""The trainer of RS Loss detectors and the setup of ``train_net.py``.
+
+:class:`RSTrainer` is detectron2's :class:`~detectron2.engine.DefaultTrainer` (hooks,
+checkpointer, ``resume_or_load``, ``test``, LR scheduler, ``cfg.DATALOADER.SAMPLER_TRAIN``
+...) with two changes: it picks its evaluator from the dataset's ``evaluator_type``, and
+multi-process training works on a CPU-only machine (gloo backend, no GPU).
+"""
+import argparse
+import contextlib
+import logging
+import os
+from typing import Any, Iterator, Optional
+
+import torch
+from torch import nn
+
+import detectron2.engine.defaults as _d2_defaults
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..config import add_rs_config
+from ..data import register_rs_synthetic_from_cfg
+
+__all__ = ["RSTrainer", "default_rs_setup"]
+
+logger = logging.getLogger(__name__)
+
+
+def _is_cpu_module(model: nn.Module) -> bool:
+    """Whether all parameters of ``model`` live on the CPU (and it has some)."""
+    return {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+@contextlib.contextmanager
+def _cpu_ddp_without_device_ids() -> Iterator[None]:
+    """Within this block, ``detectron2.engine.defaults.create_ddp_model`` gives a CPU model
+    ``device_ids=None``.
+
+    ``DefaultTrainer.__init__`` wraps the model with ``create_ddp_model(model,
+    broadcast_buffers=False)``, which always passes ``device_ids=[local_rank]``; PyTorch's
+    DistributedDataParallel rejects ``device_ids`` for a CPU module, so stock detectron2
+    cannot train with ``--num-gpus N`` (N > 1 processes, gloo) on a machine without GPUs.
+    The substitute only adds ``device_ids=None`` when the caller gave none and the model is
+    on the CPU, and otherwise delegates unchanged to the function it replaces, which is put
+    back when the block exits (also on error).
+    """
+    original = _d2_defaults.create_ddp_model
+
+    def create_ddp_model(model: nn.Module, **kwargs: Any) -> nn.Module:
+        if "device_ids" not in kwargs and _is_cpu_module(model) and comm.get_world_size() > 1:
+            logger.info("Model is on the CPU: DistributedDataParallel gets device_ids=None.")
+            kwargs["device_ids"] = None
+        return original(model, **kwargs)
+
+    _d2_defaults.create_ddp_model = create_ddp_model
+    try:
+        yield
+    finally:
+        _d2_defaults.create_ddp_model = original
+
+
+class RSTrainer(DefaultTrainer):
+    """detectron2's ``DefaultTrainer`` for RS Loss detectors.
+
+    Differences from the stock trainer:
+
+    * :meth:`build_evaluator` picks the evaluator from the dataset's ``evaluator_type``;
+    * a model on the CPU is wrapped in DistributedDataParallel with ``device_ids=None``,
+      so ``train_net.py --num-gpus N`` also works on a CPU-only machine.
+    """
+
+    def __init__(self, cfg: CfgNode):
+        """
+        Args:
+            cfg: a detectron2 config with :func:`~rs_detectron2.config.add_rs_config` keys.
+        """
+        # DefaultTrainer.__init__ builds the model and wraps it in DDP in one go; the only
+        # seam is the module-level ``create_ddp_model`` it calls, substituted just for now.
+        with _cpu_ddp_without_device_ids():
+            super().__init__(cfg)
+
+    @classmethod
+    def build_evaluator(
+        cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
+    ) -> DatasetEvaluator:
+        """The evaluator of ``dataset_name`` for its metadata's ``evaluator_type``.
+
+        "coco": :class:`COCOEvaluator` on "bbox" (and "segm" when ``cfg.MODEL.MASK_ON``),
+        writing to ``output_folder`` (default ``cfg.OUTPUT_DIR/inference``).
+        Any other type raises ``NotImplementedError`` (which ``DefaultTrainer.test`` reports
+        as "no evaluator" and skips the dataset).
+        """
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+        if evaluator_type == "coco":
+            tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+            return COCOEvaluator(
+                dataset_name, tasks=tasks, distributed=True, output_dir=output_folder
+            )
+        raise NotImplementedError(
+            f"RSTrainer has no evaluator for dataset '{dataset_name}' with evaluator_type "
+            f"'{evaluator_type}': only 'coco' is supported"
+            + (" (LVISEvaluator is not wired in yet)." if evaluator_type == "lvis" else ".")
+        )
+
+
+def _fall_back_to_cpu(cfg: CfgNode) -> Optional[str]:
+    """Set ``cfg.MODEL.DEVICE`` to "cpu" if it asks for CUDA and none is available.
+    Returns the message to log, or None when nothing changed."""
+    device = str(cfg.MODEL.DEVICE)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+        return f"MODEL.DEVICE is '{device}' but CUDA is not available: running on cpu instead."
+    return None
+
+
+def default_rs_setup(args: argparse.Namespace) -> CfgNode:
+    """Build the frozen config of a ``train_net.py`` run and set up the job.
+
+    Like the ``setup`` of detectron2's ``tools/train_net.py``: ``get_cfg()`` +
+    :func:`add_rs_config`, merge ``args.config_file`` (optional) and ``args.opts``, fall
+    back to the CPU when the config asks for CUDA and none is available, register the
+    built-in synthetic datasets with the config's sizes, freeze, then
+    :func:`~detectron2.engine.default_setup` and the "rs_detectron2" logger.
+
+    Args:
+        args: parsed :func:`~detectron2.engine.default_argument_parser` arguments.
+    """
+    cfg = get_cfg()
+    add_rs_config(cfg)
+    if args.config_file:
+        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts or [])
+    device_message = _fall_back_to_cpu(cfg)
+    register_rs_synthetic_from_cfg(cfg)
+    cfg.freeze()
+    default_setup(cfg, args)
+    # Like detectron2's projects: the package's own loggers ("rs_detectron2.*") also go to
+    # the console of the main process and to OUTPUT_DIR/log.txt.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="rs_detectron2")
+    if device_message is not None:
+        logger.warning(device_message)
+    return cfg

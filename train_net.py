@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""Train or evaluate an RS Loss detector (or any detectron2 config) with :class:`RSTrainer`.
+
+Like detectron2's ``tools/train_net.py``::
+
+    python train_net.py --config-file configs/X.yaml --num-gpus 2
+    python train_net.py --config-file configs/X.yaml --eval-only MODEL.WEIGHTS out/model_final.pth
+    python train_net.py --config-file configs/X.yaml --resume
+
+``--num-gpus N`` starts N processes; without GPUs they use the gloo backend on the CPU.
+"""
+import argparse
+from typing import Any, Dict, Optional
+
+import detectron2.utils.comm as comm
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser, launch
+from detectron2.evaluation import verify_results
+
+import rs_detectron2  # noqa: F401  (registers the RS modules with detectron2)
+from rs_detectron2.engine import RSTrainer, default_rs_setup
+
+
+def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """Evaluate (``--eval-only``) or train; returns the evaluation results, if any."""
+    cfg = default_rs_setup(args)
+
+    if args.eval_only:
+        model = RSTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        # RSTrainer.test logs the AP tables and their "copypaste:" csv lines.
+        res = RSTrainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+
+    trainer = RSTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def invoke_main() -> None:
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    invoke_main()  # pragma: no cover
