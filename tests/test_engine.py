@@ -112,9 +112,9 @@ def test_build_evaluator_unsupported_type(tmp_path, evaluator_type):
 # --------------------------------------------------------------------------- CPU DDP
 
 
-def test_cpu_model_gets_ddp_without_device_ids(tiny_data, tmp_path, monkeypatch):
-    """In a (faked) 2-process job, RSTrainer wraps a CPU model with device_ids=None where
-    stock DefaultTrainer passes [local_rank]; detectron2's create_ddp_model is restored."""
+@pytest.fixture
+def fake_ddp_in_world_of_two(monkeypatch):
+    """A faked 2-process job whose DistributedDataParallel records its keyword arguments."""
     wrapped = []
 
     def fake_ddp(model, **kwargs):
@@ -123,6 +123,13 @@ def test_cpu_model_gets_ddp_without_device_ids(tiny_data, tmp_path, monkeypatch)
 
     monkeypatch.setattr(comm, "get_world_size", lambda: 2)
     monkeypatch.setattr(d2_defaults, "DistributedDataParallel", fake_ddp)
+    return wrapped
+
+
+def test_cpu_model_gets_ddp_without_device_ids(tiny_data, tmp_path, monkeypatch, fake_ddp_in_world_of_two):
+    """In a (faked) 2-process job, RSTrainer wraps a CPU model with device_ids=None where
+    stock DefaultTrainer passes [local_rank]; detectron2's create_ddp_model is restored."""
+    wrapped = fake_ddp_in_world_of_two
     # A real train loader would all_gather a seed through the (absent) process group.
     monkeypatch.setattr(DefaultTrainer, "build_train_loader", classmethod(lambda cls, cfg: []))
     original = d2_defaults.create_ddp_model
@@ -137,15 +144,8 @@ def test_cpu_model_gets_ddp_without_device_ids(tiny_data, tmp_path, monkeypatch)
     ]
 
 
-def test_substitute_changes_only_cpu_models_without_device_ids(monkeypatch):
-    wrapped = []
-
-    def fake_ddp(model, **kwargs):
-        wrapped.append(kwargs)
-        return model
-
-    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
-    monkeypatch.setattr(d2_defaults, "DistributedDataParallel", fake_ddp)
+def test_substitute_changes_only_cpu_models_without_device_ids(fake_ddp_in_world_of_two):
+    wrapped = fake_ddp_in_world_of_two
     cpu_model, other_model = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2, device="meta")
     with rs_trainer_module._cpu_ddp_without_device_ids():
         d2_defaults.create_ddp_model(cpu_model)
