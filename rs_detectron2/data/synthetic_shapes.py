@@ -6,7 +6,8 @@ it.  The class of an instance is given by its SHAPE only: colours are random per
 instance, chosen to stand out clearly from the background they cover.  Instances
 are filled or outlined, of varied size, aspect ratio and rotation; later instances
 occlude earlier ones (moderately: an instance keeps most of its area visible) and
-about 10% of them are tiny (6-12 px).
+about 6% of them are tiny (8-12 px); the others are at least 16 px, whatever the
+image size (a smaller shape cannot be told apart by its outline).
 
 Annotations are COCO instances JSON: the mask of an instance is its VISIBLE region
 (after occlusion), as compressed RLE; the box is the tight box of that mask and the
@@ -39,15 +40,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Bump whenever the generated images or annotations change: it is part of the cache path.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 SYNTHETIC_CLASSES = ("circle", "square", "triangle", "star", "hexagon", "cross")
 
 # Geometry of a 256 px image; object sizes scale with the image size.
 _REF_SIZE = 256.0
 _MIN_SIZE, _MAX_SIZE = 16.0, 110.0  # usual objects (longest side, px at 256; uniform)
-_TINY_MIN, _TINY_MAX = 6.0, 12.0  # tiny objects (absolute px, not scaled)
-_TINY_PROB = 0.10
+_TINY_MIN, _TINY_MAX = 8.0, 12.0  # tiny objects (absolute px, not scaled)
+_TINY_PROB = 0.06
 _OUTLINE_PROB = 0.25
 _MAX_INSTANCES = 7
 
@@ -229,7 +230,7 @@ def generate_synthetic_image(image_size: int, seed: int, index: int):
     rng = np.random.default_rng([int(seed), int(index)])
     size = int(image_size)
     scale = size / _REF_SIZE
-    lo_size = max(10.0, _MIN_SIZE * scale)
+    lo_size = max(_MIN_SIZE, _MIN_SIZE * scale)  # never below 16 px, also on small images
     hi_size = max(lo_size + 8.0, _MAX_SIZE * scale)
     canvas = _background(rng, size)
 
