@@ -27,6 +27,7 @@ from rs_detectron2.data import (
     register_rs_synthetic_from_cfg,
 )
 from rs_detectron2.data import builtin, synthetic_shapes
+from rs_detectron2.data.synthetic_shapes import GENERATOR_VERSION
 
 NAMES = ("rs_synthetic_train", "rs_synthetic_val")
 
@@ -213,7 +214,7 @@ def test_default_registration():
         assert meta.evaluator_type == "coco"
         n = 1000 if split == "train" else 200
         assert meta.json_file.endswith(
-            os.path.join("rs_synthetic", f"v1_img256_n{n}_seed0", split, "annotations.json")
+            os.path.join("rs_synthetic", f"v{GENERATOR_VERSION}_img256_n{n}_seed0", split, "annotations.json")
         )
         assert meta.image_root == os.path.join(os.path.dirname(meta.json_file), "images")
 
@@ -266,7 +267,7 @@ def test_register_from_cfg(tmp_path, monkeypatch, restore_registration):
     register_rs_synthetic_from_cfg(cfg)
     meta = MetadataCatalog.get("rs_synthetic_train")
     assert meta.json_file == os.path.join(
-        str(tmp_path / "root"), "rs_synthetic", "v1_img64_n4_seed3", "train", "annotations.json"
+        str(tmp_path / "root"), "rs_synthetic", f"v{GENERATOR_VERSION}_img64_n4_seed3", "train", "annotations.json"
     )
     assert len(DatasetCatalog.get("rs_synthetic_train")) == 4
     assert len(DatasetCatalog.get("rs_synthetic_val")) == 2
