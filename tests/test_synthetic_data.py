@@ -1,6 +1,7 @@
 """The built-in synthetic dataset: determinism, COCO validity, caching and registration."""
 import itertools
 import json
+import logging
 import os
 import time
 
@@ -158,7 +159,30 @@ def test_occlusion_and_contrast():
     assert n >= 60 and occluded >= 3
 
 
-def test_cache_reused(tmp_path, monkeypatch, capsys):
+class _Recorder(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_cache_reused(tmp_path, monkeypatch):
+    # Record the generator's own log lines, whatever logging other tests set up.
+    recorder = _Recorder()
+    module_logger = synthetic_shapes.logger
+    old_level = module_logger.level
+    module_logger.setLevel(logging.INFO)
+    module_logger.addHandler(recorder)
+    try:
+        _check_cache_reused(tmp_path, monkeypatch, recorder)
+    finally:
+        module_logger.removeHandler(recorder)
+        module_logger.setLevel(old_level)
+
+
+def _check_cache_reused(tmp_path, monkeypatch, recorder):
     out = str(tmp_path / "split")
     json_file = generate_synthetic_split(out, 6, 96, 1, "train")
     mtime = os.stat(json_file).st_mtime_ns
@@ -168,13 +192,13 @@ def test_cache_reused(tmp_path, monkeypatch, capsys):
         raise AssertionError("the cache should have been reused")
 
     monkeypatch.setattr(synthetic_shapes, "generate_synthetic_image", boom)
-    capsys.readouterr()
+    recorder.messages.clear()
     t0 = time.perf_counter()
     again = generate_synthetic_split(out, 6, 96, 1, "train")
     assert time.perf_counter() - t0 < 0.5
     assert again == json_file
     assert os.stat(json_file).st_mtime_ns == mtime
-    assert "reusing" in capsys.readouterr().out
+    assert any("reusing" in m for m in recorder.messages), recorder.messages
     assert read_pixels(out).keys() == pixels.keys()
 
 

@@ -72,9 +72,7 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
         for p, w in zip(proposals, weights.split([len(p) for p in proposals])):
             p.rs_weights = w
 
-        storage = get_event_storage()
-        storage.put_scalar("roi_head/num_fg_samples", len(fg) / max(len(proposals), 1))
-        storage.put_scalar("roi_head/box_balance", coefficient)
+        get_event_storage().put_scalar("roi_head/box_balance", coefficient)
         return {"loss_roi_rank": loss_rank, "loss_roi_sort": loss_sort, "loss_roi_box": loss_box}
 
     def predict_probs(self, predictions: Tuple[Tensor, Tensor], proposals: List[Instances]) -> Tuple[Tensor, ...]:
