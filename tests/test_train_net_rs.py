@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -62,6 +63,8 @@ def test_train_eval_only_and_resume(tmp_path):
     )
     assert "Evaluation results for bbox" in evaluated and "Evaluation results for segm" in evaluated
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in evaluated
+    for task in ("bbox", "segm"):  # the checkpoint gives the AP printed after training
+        assert printed_ap(evaluated, task) == printed_ap(log, task)
 
     resumed = train_net("--config-file", CONFIG, "--resume", *tiny_opts(tmp_path / "data", out, 6))
     assert "Starting training from iteration 4" in resumed
@@ -77,3 +80,30 @@ def test_two_cpu_processes_with_rs_heads(tmp_path):
     assert "DistributedDataParallel gets device_ids=None" in log
     assert (out / "model_final.pth").exists()
     assert "Evaluation results for bbox" in log
+
+
+def printed_ap(log, task):
+    """The AP of ``task`` from detectron2's "copypaste:" lines."""
+    lines = [line.split("copypaste: ", 1)[1] for line in log.splitlines() if "copypaste: " in line]
+    at = lines.index(f"Task: {task}")
+    return float(lines[at + 2].split(",")[0])
+
+
+@pytest.mark.slow
+def test_cpu_demo_meets_its_time_and_ap_bars(tmp_path):
+    """The README's main job, as a user runs it: at most 15 minutes on a 2-core CPU from an
+    empty dataset cache, box AP >= 40, and --eval-only on its checkpoint prints the same AP.
+    About 13 minutes here: run with RS_RUN_SLOW=1."""
+    out = tmp_path / "out"
+    opts = ["DATASETS.RS_SYNTHETIC.ROOT", str(tmp_path / "data"), "OUTPUT_DIR", str(out)]
+    start = time.perf_counter()
+    log = train_net("--config-file", CONFIG, *opts, timeout=1800)
+    minutes = (time.perf_counter() - start) / 60
+    box_ap, mask_ap = printed_ap(log, "bbox"), printed_ap(log, "segm")
+    print(f"demo: {minutes:.1f} min, box AP {box_ap:.2f}, mask AP {mask_ap:.2f}")
+    assert minutes <= 15.0
+    assert box_ap >= 40.0
+    evaluated = train_net(
+        "--config-file", CONFIG, "--eval-only", *opts, "MODEL.WEIGHTS", str(out / "model_final.pth")
+    )
+    assert printed_ap(evaluated, "bbox") == box_ap and printed_ap(evaluated, "segm") == mask_ap
