@@ -36,7 +36,13 @@ def score_weighted_giou_loss(pred_boxes: Tensor, gt_boxes: Tensor, weights: Tens
     weights = weights.detach()
     if pred_boxes.numel() == 0:
         return pred_boxes.sum() * 0.0
-    losses = giou_loss(pred_boxes, gt_boxes, reduction="none")
+    return score_weighted_mean(giou_loss(pred_boxes, gt_boxes, reduction="none"), weights)
+
+
+def score_weighted_mean(losses: Tensor, weights: Tensor) -> Tensor:
+    """sum_i w_i l_i / sum_i w_i with detached weights; the normaliser is 1 when
+    sum_i w_i < 1e-10 (the RS heads' weighting of box and mask losses)."""
+    weights = weights.detach()
     normaliser = weights.sum()
     normaliser = torch.where(normaliser < _EPS, torch.ones_like(normaliser), normaliser)
     return (losses * weights).sum() / normaliser

@@ -9,7 +9,8 @@ from detectron2.modeling.roi_heads import ROI_MASK_HEAD_REGISTRY, MaskRCNNConvUp
 from detectron2.modeling.roi_heads.mask_head import mask_rcnn_inference
 from detectron2.structures import Instances
 
-_EPS = 1e-10
+from .rs_box_losses import score_weighted_mean
+
 _DICE_SMOOTH = 1e-5
 
 
@@ -41,9 +42,7 @@ def weighted_dice_loss(pred_mask_logits: Tensor, instances: List[Instances]) -> 
     dice = 1 - 2 * (probs * gt_masks).sum(1) / (
         (probs * probs).sum(1) + (gt_masks * gt_masks).sum(1) + _DICE_SMOOTH
     )
-    normaliser = weights.sum()
-    normaliser = torch.where(normaliser < _EPS, torch.ones_like(normaliser), normaliser)
-    return (dice * weights).sum() / normaliser
+    return score_weighted_mean(dice, weights)
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
