@@ -33,7 +33,6 @@ def score_weighted_giou_loss(pred_boxes: Tensor, gt_boxes: Tensor, weights: Tens
     ``weights`` are the positives' (detached) classification scores. With no positive the
     result is a zero attached to ``pred_boxes``' graph.
     """
-    weights = weights.detach()
     if pred_boxes.numel() == 0:
         return pred_boxes.sum() * 0.0
     return score_weighted_mean(giou_loss(pred_boxes, gt_boxes, reduction="none"), weights)
