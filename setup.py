@@ -20,6 +20,7 @@ setup(
         "lvis",
         "opencv-python",
         "tqdm",
+        "matplotlib",  # benchmarks plots; detectron2's Visualizer (demo.py)
         "setuptools<81",  # detectron2.model_zoo imports pkg_resources
     ],
     extras_require={"dev": ["pytest>=7"]},
