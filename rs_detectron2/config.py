@@ -12,6 +12,11 @@ def add_rs_config(cfg: CN) -> None:
     cfg.MODEL.RS.RPN_HEAD_WEIGHT = 0.2
     # At most this many positive RoIs (a random subset, with their weights) feed the mask head.
     cfg.MODEL.RS.MAX_MASK_ROIS = 200
+    # Rescale the mask loss so that its value equals the RoI head's RS loss (the published
+    # recipe). False: the score-weighted Dice loss enters with weight 1. Training from
+    # scratch, the balanced Dice (coefficient 3-6) dominates the backbone's gradient and
+    # costs box AP; see docs/rs_vs_stock.md. The synthetic configs set False.
+    cfg.MODEL.RS.BALANCE_MASK_LOSS = True
 
     cfg.DATASETS.RS_SYNTHETIC = CN()
     # Cache folder of the generated dataset; "" = $DETECTRON2_DATASETS or ./datasets.

@@ -116,6 +116,33 @@ def test_training_losses_and_gradients(roi_heads):
 
 
 @pytest.mark.parametrize("roi_heads", sorted(EXPECTED_LOSSES))
+def test_mask_loss_unbalanced(roi_heads):
+    """MODEL.RS.BALANCE_MASK_LOSS False: the mask loss is the raw weighted Dice (weight 1),
+    the box losses stay balanced, and no mask coefficient is logged."""
+    batch = make_batch()
+    values = {}
+    for balance in (True, False):
+        cfg = tiny_cfg(roi_heads)
+        cfg.MODEL.RS.BALANCE_MASK_LOSS = balance
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        model.train()
+        with EventStorage() as storage:
+            torch.manual_seed(1)
+            losses = model(batch)
+        values[balance] = (losses, storage.latest())
+    (balanced, logged_b), (raw, logged_r) = values[True], values[False]
+    coefficient = logged_b["roi_head/mask_balance"][0]
+    assert "roi_head/mask_balance" not in logged_r
+    assert coefficient > 0 and abs(coefficient - 1.0) > 1e-3
+    assert torch.allclose(raw["loss_mask"] * coefficient, balanced["loss_mask"], rtol=1e-4)
+    assert 0.0 < raw["loss_mask"].item() <= 1.0  # a weighted mean of Dice losses
+    suffix = "_stage0" if roi_heads == "RSCascadeROIHeads" else ""
+    assert torch.allclose(raw[f"loss_roi_box{suffix}"], raw[f"loss_roi_rank{suffix}"] + raw[f"loss_roi_sort{suffix}"], rtol=1e-5)
+    raw["loss_mask"].backward()
+
+
+@pytest.mark.parametrize("roi_heads", sorted(EXPECTED_LOSSES))
 def test_batch_without_any_annotation(roi_heads):
     model = build_model(tiny_cfg(roi_heads))
     model.train()
@@ -255,5 +282,8 @@ def test_every_config_trains_one_iteration(config):
     assert torch.isfinite(total)
     total.backward()
     optimizer.step()
-    assert {"loss_rpn_rank", "loss_rpn_sort", "loss_rpn_box"} <= set(losses)
+    if cfg.MODEL.PROPOSAL_GENERATOR.NAME == "RSRPN":
+        assert {"loss_rpn_rank", "loss_rpn_sort", "loss_rpn_box"} <= set(losses)
+    else:  # detectron2's stock baselines of the comparison
+        assert {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"} <= set(losses)
     assert ("loss_mask" in losses) == cfg.MODEL.MASK_ON

@@ -47,24 +47,28 @@ class RSStandardROIHeads(StandardROIHeads):
     All proposals are kept (ground truth appended, no sampling); the box predictor is
     :class:`RSFastRCNNOutputLayers`. With masks on, at most ``max_mask_rois`` random positive
     RoIs of the batch feed the mask head, and its loss is balanced to the box head's
-    ``loss_roi_rank + loss_roi_sort``.
+    ``loss_roi_rank + loss_roi_sort`` (unless ``balance_mask_loss`` is False).
     """
 
     @configurable
-    def __init__(self, *, max_mask_rois: int = 200, **kwargs):
+    def __init__(self, *, max_mask_rois: int = 200, balance_mask_loss: bool = True, **kwargs):
         """
         Args:
             max_mask_rois: positive RoIs of the batch that feed the mask head at most.
+            balance_mask_loss: rescale the mask loss to the value of the box head's RS loss
+                (published); if False it keeps weight 1 (``MODEL.RS.BALANCE_MASK_LOSS``).
             kwargs: arguments of detectron2's :class:`StandardROIHeads`.
         """
         super().__init__(**kwargs)
         self.max_mask_rois = max_mask_rois
+        self.balance_mask_loss = balance_mask_loss
         self._rs_loss_for_mask: Optional[Tensor] = None
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         ret["max_mask_rois"] = cfg.MODEL.RS.MAX_MASK_ROIS
+        ret["balance_mask_loss"] = cfg.MODEL.RS.BALANCE_MASK_LOSS
         return ret
 
     @classmethod
@@ -90,6 +94,7 @@ class RSStandardROIHeads(StandardROIHeads):
         instances, _ = select_foreground_proposals(instances, self.num_classes)
         instances = keep_random_subset(instances, self.max_mask_rois)
         losses = super()._forward_mask(features, instances)
-        losses["loss_mask"], coefficient = balance_to(losses["loss_mask"], self._rs_loss_for_mask)
-        get_event_storage().put_scalar("roi_head/mask_balance", coefficient)
+        if self.balance_mask_loss:
+            losses["loss_mask"], coefficient = balance_to(losses["loss_mask"], self._rs_loss_for_mask)
+            get_event_storage().put_scalar("roi_head/mask_balance", coefficient)
         return losses
