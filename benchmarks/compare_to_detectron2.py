@@ -78,15 +78,15 @@ run, and from whatever JSONs exist with ``--report-only``:
 
 Time
 ----
-The default ``--max-iter`` (360) is chosen so that the whole comparison (2 datasets x 4
+The default ``--max-iter`` (1000) is chosen so that the whole comparison (2 datasets x 4
 models x (3 grid + 1 seed) = 32 training runs, 16 curve evaluations and all evaluations)
-takes about 2 hours on a 2-core CPU. The estimate printed at the start is, per model:
+takes about 2 hours on the 2-core AMD EPYC where it was measured (0.13-0.17 s/iter); on
+a 2-core machine twice as slow, pass ``--max-iter 400`` for the same budget. The estimate printed at the start is, per model:
 ``runs x (start-up + MAX_ITER x s/iter) + evaluated images x s/image``, with s/iter and
 s/image measured from the finished runs of the output directory when there are any, and
-otherwise assumed (s/iter at batch 4, 192 px: stock Faster 0.27, RS-Faster 0.38, stock
-Mask 0.33, RS-Mask 0.43; s/image evaluated: 0.10 box-only, 0.17 with masks; 12 s start-up
-per subprocess). With the defaults that is about 3,200 s of evaluation and start-up plus
-about 11.3 x MAX_ITER s of training.
+otherwise assumed (s/iter at batch 4, 192 px, measured on that machine: stock Faster 0.13,
+RS-Faster 0.135, stock Mask 0.16, RS-Mask 0.17; s/image evaluated: 0.03 box-only, 0.07
+with masks; 15 s start-up per subprocess).
 
     python benchmarks/compare_to_detectron2.py                     # everything, ~2 h on 2 cores
     python benchmarks/compare_to_detectron2.py --dry-run           # the plan and its commands
@@ -151,12 +151,12 @@ MODEL_NAMES = {
     ("mask", "rs"): "RS-Mask R-CNN",
 }
 DEFAULT_LRS = {"rs": (0.01, 0.02, 0.03), "stock": (0.01, 0.03, 0.06)}
-DEFAULT_MAX_ITER = 360
+DEFAULT_MAX_ITER = 1000
 # Assumptions of the time estimate when no finished run has measured them (2-core CPU).
-ASSUMED_S_PER_ITER = {("faster", "stock"): 0.27, ("faster", "rs"): 0.38,
-                      ("mask", "stock"): 0.33, ("mask", "rs"): 0.43}
-ASSUMED_S_PER_EVAL_IMAGE = {"faster": 0.10, "mask": 0.17}
-ASSUMED_STARTUP_S = 12.0
+ASSUMED_S_PER_ITER = {("faster", "stock"): 0.13, ("faster", "rs"): 0.135,
+                      ("mask", "stock"): 0.16, ("mask", "rs"): 0.17}
+ASSUMED_S_PER_EVAL_IMAGE = {"faster": 0.03, "mask": 0.07}
+ASSUMED_STARTUP_S = 15.0
 # Overrides that may differ between the runs of one output directory without making
 # their results incomparable.
 _NOT_COMPARED = ("OUTPUT_DIR",)
