@@ -249,7 +249,7 @@ def test_fall_back_to_cpu_only_without_cuda(monkeypatch, device, cuda_available,
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_available)
     cfg = get_cfg()
     cfg.MODEL.DEVICE = device
-    message = rs_trainer_module._fall_back_to_cpu(cfg)
+    message = rs_trainer_module.fall_back_to_cpu(cfg)
     assert cfg.MODEL.DEVICE == expected
     assert (message is not None) == (expected != device)
 

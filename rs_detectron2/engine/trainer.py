@@ -25,7 +25,7 @@ from detectron2.utils.logger import setup_logger
 from ..config import add_rs_config
 from ..data import register_rs_synthetic_from_cfg
 
-__all__ = ["RSTrainer", "default_rs_setup"]
+__all__ = ["RSTrainer", "default_rs_setup", "fall_back_to_cpu"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class RSTrainer(DefaultTrainer):
         )
 
 
-def _fall_back_to_cpu(cfg: CfgNode) -> Optional[str]:
+def fall_back_to_cpu(cfg: CfgNode) -> Optional[str]:
     """Set ``cfg.MODEL.DEVICE`` to "cpu" if it asks for CUDA and none is available.
     Returns the message to log, or None when nothing changed."""
     device = str(cfg.MODEL.DEVICE)
@@ -136,7 +136,7 @@ def default_rs_setup(args: argparse.Namespace) -> CfgNode:
     if args.config_file:
         cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts or [])
-    device_message = _fall_back_to_cpu(cfg)
+    device_message = fall_back_to_cpu(cfg)
     register_rs_synthetic_from_cfg(cfg)
     cfg.freeze()
     default_setup(cfg, args)
