@@ -4,7 +4,8 @@ from detectron2.config import CfgNode as CN
 
 def add_rs_config(cfg: CN) -> None:
     """Add the RS Loss keys (``cfg.MODEL.RS``) and the built-in synthetic dataset keys
-    (``cfg.DATASETS.RS_SYNTHETIC``) to ``cfg``, with the published defaults."""
+    (``cfg.DATASETS.RS_SYNTHETIC``, ``cfg.DATASETS.RS_SYNTHETIC_HARD``) to ``cfg``, with
+    the published defaults."""
     cfg.MODEL.RS = CN()
     # Smoothing δ of the step function in RS Loss (0 = hard step).
     cfg.MODEL.RS.DELTA = 0.5
@@ -29,3 +30,17 @@ def add_rs_config(cfg: CN) -> None:
     cfg.DATASETS.RS_SYNTHETIC.IMAGE_SIZE = 256
     # Seed of the generator; the same keys always give the same images.
     cfg.DATASETS.RS_SYNTHETIC.SEED = 0
+
+    # The hard built-in dataset: look-alike glyphs on cluttered backgrounds
+    # (rs_synthetic_hard_train / rs_synthetic_hard_val, rs_detectron2.data.synthetic_glyphs).
+    cfg.DATASETS.RS_SYNTHETIC_HARD = CN()
+    # Cache folder of the generated dataset; "" = $DETECTRON2_DATASETS or ./datasets.
+    cfg.DATASETS.RS_SYNTHETIC_HARD.ROOT = ""
+    # Number of generated training images (rs_synthetic_hard_train).
+    cfg.DATASETS.RS_SYNTHETIC_HARD.NUM_TRAIN = 1000
+    # Number of generated validation images (rs_synthetic_hard_val).
+    cfg.DATASETS.RS_SYNTHETIC_HARD.NUM_VAL = 200
+    # Side of the square generated images, in pixels (object sizes scale with it).
+    cfg.DATASETS.RS_SYNTHETIC_HARD.IMAGE_SIZE = 192
+    # Seed of the generator; the same keys always give the same images.
+    cfg.DATASETS.RS_SYNTHETIC_HARD.SEED = 0

@@ -23,8 +23,11 @@ def _restore_builtin_dataset_registration():
     yield
     if {name: dict(args) for name, args in builtin._REGISTERED.items()} == before:
         return
-    train, val = before.get("rs_synthetic_train"), before.get("rs_synthetic_val")
-    if train and val:
-        builtin.register_rs_synthetic(root=train["root"], num_train=train["num_images"],
-                                      num_val=val["num_images"], image_size=train["image_size"],
-                                      seed=train["seed"])
+    for family, (train, val) in {
+        "rs_synthetic": ("rs_synthetic_train", "rs_synthetic_val"),
+        "rs_synthetic_hard": ("rs_synthetic_hard_train", "rs_synthetic_hard_val"),
+    }.items():
+        if train in before and val in before:
+            t, v = before[train], before[val]
+            builtin._register_family(family, t["root"], t["num_images"], v["num_images"],
+                                     t["image_size"], t["seed"])

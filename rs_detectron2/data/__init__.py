@@ -1,14 +1,29 @@
-"""Built-in synthetic shapes dataset (``rs_synthetic_train`` / ``rs_synthetic_val``).
+"""Built-in synthetic datasets.
 
-Importing this package registers both datasets with the default sizes of
-``cfg.DATASETS.RS_SYNTHETIC`` (1000 / 200 images of 256 px, seed 0) without generating
-anything; call :func:`register_rs_synthetic_from_cfg` to apply a config's sizes.
+* ``rs_synthetic_train`` / ``rs_synthetic_val``: shapes (:mod:`.synthetic_shapes`);
+* ``rs_synthetic_hard_train`` / ``rs_synthetic_hard_val``: look-alike glyphs on cluttered
+  backgrounds (:mod:`.synthetic_glyphs`).
+
+Importing this package registers all four with the default sizes of
+``cfg.DATASETS.RS_SYNTHETIC`` (1000 / 200 images of 256 px, seed 0) and
+``cfg.DATASETS.RS_SYNTHETIC_HARD`` (1000 / 200 images of 192 px, seed 0) without generating
+anything; call :func:`register_rs_synthetic_from_cfg` /
+:func:`register_rs_synthetic_hard_from_cfg` to apply a config's sizes.
 """
 from .builtin import (
+    RS_SYNTHETIC_HARD_SPLITS,
     RS_SYNTHETIC_SPLITS,
     prepare_rs_synthetic,
     register_rs_synthetic,
     register_rs_synthetic_from_cfg,
+    register_rs_synthetic_hard,
+    register_rs_synthetic_hard_from_cfg,
+)
+from .synthetic_glyphs import (
+    GLYPH_CLASSES,
+    GLYPH_GENERATOR_VERSION,
+    generate_glyph_image,
+    generate_glyph_split,
 )
 from .synthetic_shapes import (
     GENERATOR_VERSION,
@@ -19,13 +34,21 @@ from .synthetic_shapes import (
 
 __all__ = [
     "GENERATOR_VERSION",
+    "GLYPH_CLASSES",
+    "GLYPH_GENERATOR_VERSION",
+    "RS_SYNTHETIC_HARD_SPLITS",
     "RS_SYNTHETIC_SPLITS",
     "SYNTHETIC_CLASSES",
+    "generate_glyph_image",
+    "generate_glyph_split",
     "generate_synthetic_image",
     "generate_synthetic_split",
     "prepare_rs_synthetic",
     "register_rs_synthetic",
     "register_rs_synthetic_from_cfg",
+    "register_rs_synthetic_hard",
+    "register_rs_synthetic_hard_from_cfg",
 ]
 
 register_rs_synthetic()
+register_rs_synthetic_hard()

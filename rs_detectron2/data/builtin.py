@@ -1,34 +1,68 @@
-"""Registration of the built-in synthetic dataset in detectron2's catalogs.
+"""Registration of the built-in synthetic datasets in detectron2's catalogs.
 
-Two datasets are registered: ``rs_synthetic_train`` and ``rs_synthetic_val``.  Their
-``DatasetCatalog`` entries are lazy: the split is generated (once, then cached on
+Two families, each with a train and a val split:
+
+* ``rs_synthetic_train`` / ``rs_synthetic_val``: shapes (:mod:`.synthetic_shapes`);
+* ``rs_synthetic_hard_train`` / ``rs_synthetic_hard_val``: look-alike glyphs on cluttered
+  backgrounds (:mod:`.synthetic_glyphs`).
+
+Their ``DatasetCatalog`` entries are lazy: a split is generated (once, then cached on
 disk) the first time the dataset is loaded.  Cache layout::
 
-    <root>/rs_synthetic/v<version>_img<size>_n<num_images>_seed<seed>/<split>/
+    <root>/<family>/v<version>_img<size>_n<num_images>_seed<seed>/<split>/
         images/<split>_000000.png ...
         annotations.json
 
-``root`` defaults to ``$DETECTRON2_DATASETS`` or ``./datasets`` (detectron2's convention).
+with ``<family>`` "rs_synthetic" or "rs_synthetic_hard" and ``<version>`` the version of
+that family's generator.  ``root`` defaults to ``$DETECTRON2_DATASETS`` or ``./datasets``
+(detectron2's convention).
 """
 import functools
 import hashlib
 import os
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from .synthetic_shapes import GENERATOR_VERSION, SYNTHETIC_CLASSES, generate_synthetic_split
+from . import synthetic_glyphs, synthetic_shapes
 
 __all__ = [
     "RS_SYNTHETIC_SPLITS",
+    "RS_SYNTHETIC_HARD_SPLITS",
     "register_rs_synthetic",
     "register_rs_synthetic_from_cfg",
+    "register_rs_synthetic_hard",
+    "register_rs_synthetic_hard_from_cfg",
     "prepare_rs_synthetic",
 ]
 
 # Dataset name -> split name.
 RS_SYNTHETIC_SPLITS = {"rs_synthetic_train": "train", "rs_synthetic_val": "val"}
+RS_SYNTHETIC_HARD_SPLITS = {"rs_synthetic_hard_train": "train", "rs_synthetic_hard_val": "val"}
+
+
+class _Family(NamedTuple):
+    """A built-in synthetic dataset family: its splits and generator."""
+
+    splits: Dict[str, str]  # dataset name -> split name
+    version: int  # generator version (part of the cache path)
+    classes: Tuple[str, ...]
+    generate_split: Callable[..., str]  # (out_dir, num_images, image_size, seed, split_name)
+
+
+# Family name (the cache folder, also salting the split seeds) -> family.  The generators
+# are looked up when called, so the modules' current functions are used.
+_FAMILIES: Dict[str, _Family] = {
+    "rs_synthetic": _Family(
+        RS_SYNTHETIC_SPLITS, synthetic_shapes.GENERATOR_VERSION,
+        tuple(synthetic_shapes.SYNTHETIC_CLASSES),
+        lambda *a: synthetic_shapes.generate_synthetic_split(*a)),
+    "rs_synthetic_hard": _Family(
+        RS_SYNTHETIC_HARD_SPLITS, synthetic_glyphs.GLYPH_GENERATOR_VERSION,
+        tuple(synthetic_glyphs.GLYPH_CLASSES),
+        lambda *a: synthetic_glyphs.generate_glyph_split(*a)),
+}
 
 # Dataset name -> generation arguments of the current registration.
 _REGISTERED: Dict[str, dict] = {}
@@ -38,34 +72,77 @@ def _default_root() -> str:
     return os.environ.get("DETECTRON2_DATASETS", "datasets")
 
 
-def _split_seed(seed: int, split: str) -> int:
-    """Seed of one split, derived from the user seed: train and val never share images."""
-    digest = hashlib.sha256(f"rs_synthetic:{int(seed)}:{split}".encode()).digest()
+def _split_seed(seed: int, split: str, family: str = "rs_synthetic") -> int:
+    """Seed of one split, derived from the user seed: train and val never share images
+    (nor do two families)."""
+    digest = hashlib.sha256(f"{family}:{int(seed)}:{split}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
 
 
-def _split_dir(root: str, split: str, num_images: int, image_size: int, seed: int) -> str:
-    tag = f"v{GENERATOR_VERSION}_img{int(image_size)}_n{int(num_images)}_seed{int(seed)}"
-    return os.path.join(root, "rs_synthetic", tag, split)
+def _split_dir(root: str, split: str, num_images: int, image_size: int, seed: int,
+               family: str = "rs_synthetic") -> str:
+    version = _FAMILIES[family].version
+    tag = f"v{version}_img{int(image_size)}_n{int(num_images)}_seed{int(seed)}"
+    return os.path.join(root, family, tag, split)
 
 
 def prepare_rs_synthetic(name: str) -> str:
-    """Generate the registered dataset ``name`` if it is not cached yet; returns its
-    COCO JSON path (also ``MetadataCatalog.get(name).json_file``)."""
+    """Generate the registered built-in synthetic dataset ``name`` (of either family) if it
+    is not cached yet; returns its COCO JSON path (also
+    ``MetadataCatalog.get(name).json_file``)."""
     if name not in _REGISTERED:
-        raise KeyError(f"{name!r} is not a registered rs_synthetic dataset "
+        raise KeyError(f"{name!r} is not a registered built-in synthetic dataset "
                        f"(known: {sorted(_REGISTERED)})")
     return _generate(**_REGISTERED[name])
 
 
-def _generate(out_dir, num_images, image_size, split_seed, split, **_unused) -> str:
-    return generate_synthetic_split(out_dir, num_images, image_size, split_seed, split)
+def _generate(out_dir, num_images, image_size, split_seed, split,
+              family="rs_synthetic", **_unused) -> str:
+    return _FAMILIES[family].generate_split(out_dir, num_images, image_size, split_seed, split)
 
 
 def _load_rs_synthetic(name: str, args: dict):
     """DatasetCatalog function: generate the split if needed, then load it."""
     json_file = _generate(**args)
     return load_coco_json(json_file, os.path.join(args["out_dir"], "images"), name)
+
+
+def _register_family(family: str, root: Optional[str], num_train: int, num_val: int,
+                     image_size: int, seed: int) -> Tuple[str, str]:
+    """(Re-)register the train and val datasets of ``family``, lazily (see the callers)."""
+    fam = _FAMILIES[family]
+    root = os.path.abspath(root if root else _default_root())
+    sizes = dict(train=int(num_train), val=int(num_val))
+    for name, split in fam.splits.items():
+        num_images = sizes[split]
+        if num_images < 1:
+            raise ValueError(f"{name}: the number of images must be >= 1, got {num_images}")
+        out_dir = _split_dir(root, split, num_images, image_size, seed, family)
+        json_file = os.path.join(out_dir, "annotations.json")
+        image_root = os.path.join(out_dir, "images")
+        if name in DatasetCatalog:
+            DatasetCatalog.remove(name)
+        if name in MetadataCatalog:
+            MetadataCatalog.remove(name)
+        args = dict(root=root, out_dir=out_dir, num_images=num_images, image_size=int(image_size),
+                    seed=int(seed), split_seed=_split_seed(seed, split, family), split=split,
+                    family=family)
+        _REGISTERED[name] = args
+        DatasetCatalog.register(name, functools.partial(_load_rs_synthetic, name, dict(args)))
+        MetadataCatalog.get(name).set(
+            thing_classes=list(fam.classes),
+            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(fam.classes))},
+            evaluator_type="coco",
+            json_file=json_file,
+            image_root=image_root,
+        )
+    return tuple(fam.splits)
+
+
+def _cfg_arguments(node) -> dict:
+    """Registration arguments from a ``cfg.DATASETS.RS_SYNTHETIC*`` config node."""
+    return dict(root=node.ROOT or None, num_train=node.NUM_TRAIN, num_val=node.NUM_VAL,
+                image_size=node.IMAGE_SIZE, seed=node.SEED)
 
 
 def register_rs_synthetic(
@@ -88,41 +165,35 @@ def register_rs_synthetic(
     Returns:
         the two dataset names.
     """
-    root = os.path.abspath(root if root else _default_root())
-    sizes = {"rs_synthetic_train": int(num_train), "rs_synthetic_val": int(num_val)}
-    for name, split in RS_SYNTHETIC_SPLITS.items():
-        num_images = sizes[name]
-        if num_images < 1:
-            raise ValueError(f"{name}: the number of images must be >= 1, got {num_images}")
-        out_dir = _split_dir(root, split, num_images, image_size, seed)
-        json_file = os.path.join(out_dir, "annotations.json")
-        image_root = os.path.join(out_dir, "images")
-        if name in DatasetCatalog:
-            DatasetCatalog.remove(name)
-        if name in MetadataCatalog:
-            MetadataCatalog.remove(name)
-        args = dict(root=root, out_dir=out_dir, num_images=num_images, image_size=int(image_size),
-                    seed=int(seed), split_seed=_split_seed(seed, split), split=split)
-        _REGISTERED[name] = args
-        DatasetCatalog.register(name, functools.partial(_load_rs_synthetic, name, dict(args)))
-        MetadataCatalog.get(name).set(
-            thing_classes=list(SYNTHETIC_CLASSES),
-            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SYNTHETIC_CLASSES))},
-            evaluator_type="coco",
-            json_file=json_file,
-            image_root=image_root,
-        )
-    return tuple(RS_SYNTHETIC_SPLITS)
+    return _register_family("rs_synthetic", root, num_train, num_val, image_size, seed)
 
 
 def register_rs_synthetic_from_cfg(cfg) -> Tuple[str, str]:
     """:func:`register_rs_synthetic` with ``cfg.DATASETS.RS_SYNTHETIC.{ROOT, NUM_TRAIN,
     NUM_VAL, IMAGE_SIZE, SEED}`` (keys added by ``rs_detectron2.config.add_rs_config``)."""
-    c = cfg.DATASETS.RS_SYNTHETIC
-    return register_rs_synthetic(
-        root=c.ROOT or None,
-        num_train=c.NUM_TRAIN,
-        num_val=c.NUM_VAL,
-        image_size=c.IMAGE_SIZE,
-        seed=c.SEED,
-    )
+    return register_rs_synthetic(**_cfg_arguments(cfg.DATASETS.RS_SYNTHETIC))
+
+
+def register_rs_synthetic_hard(
+    root: Optional[str] = None,
+    num_train: int = 1000,
+    num_val: int = 200,
+    image_size: int = 192,
+    seed: int = 0,
+) -> Tuple[str, str]:
+    """Register (or re-register, replacing earlier entries) the hard glyph datasets
+    ``rs_synthetic_hard_train`` and ``rs_synthetic_hard_val``; like
+    :func:`register_rs_synthetic` (lazy, same arguments), with the cache under
+    ``<root>/rs_synthetic_hard/``.
+
+    Returns:
+        the two dataset names.
+    """
+    return _register_family("rs_synthetic_hard", root, num_train, num_val, image_size, seed)
+
+
+def register_rs_synthetic_hard_from_cfg(cfg) -> Tuple[str, str]:
+    """:func:`register_rs_synthetic_hard` with ``cfg.DATASETS.RS_SYNTHETIC_HARD.{ROOT,
+    NUM_TRAIN, NUM_VAL, IMAGE_SIZE, SEED}`` (keys added by
+    ``rs_detectron2.config.add_rs_config``)."""
+    return register_rs_synthetic_hard(**_cfg_arguments(cfg.DATASETS.RS_SYNTHETIC_HARD))

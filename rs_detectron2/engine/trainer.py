@@ -23,7 +23,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_rs_config
-from ..data import register_rs_synthetic_from_cfg
+from ..data import register_rs_synthetic_from_cfg, register_rs_synthetic_hard_from_cfg
 
 __all__ = ["RSTrainer", "default_rs_setup", "fall_back_to_cpu"]
 
@@ -125,7 +125,7 @@ def default_rs_setup(args: argparse.Namespace) -> CfgNode:
     Like the ``setup`` of detectron2's ``tools/train_net.py``: ``get_cfg()`` +
     :func:`add_rs_config`, merge ``args.config_file`` (optional) and ``args.opts``, fall
     back to the CPU when the config asks for CUDA and none is available, register the
-    built-in synthetic datasets with the config's sizes, freeze, then
+    built-in synthetic datasets (shapes and hard glyphs) with the config's sizes, freeze, then
     :func:`~detectron2.engine.default_setup` and the "rs_detectron2" logger.
 
     Args:
@@ -138,6 +138,7 @@ def default_rs_setup(args: argparse.Namespace) -> CfgNode:
     cfg.merge_from_list(args.opts or [])
     device_message = fall_back_to_cpu(cfg)
     register_rs_synthetic_from_cfg(cfg)
+    register_rs_synthetic_hard_from_cfg(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     # Like detectron2's projects: the package's own loggers ("rs_detectron2.*") also go to
