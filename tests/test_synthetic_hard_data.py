@@ -31,7 +31,7 @@ from rs_detectron2.data import (
     register_rs_synthetic_hard,
     register_rs_synthetic_hard_from_cfg,
 )
-from rs_detectron2.data import builtin, synthetic_glyphs
+from rs_detectron2.data import builtin, synthetic_glyphs, synthetic_shapes
 from rs_detectron2.engine import default_rs_setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -188,7 +188,7 @@ class _Recorder(logging.Handler):
 
 def test_cache_reused(tmp_path, monkeypatch):
     recorder = _Recorder()
-    module_logger = synthetic_glyphs.logger
+    module_logger = synthetic_shapes.logger  # write_coco_split, shared by both generators
     old_level = module_logger.level
     module_logger.setLevel(logging.INFO)
     module_logger.addHandler(recorder)
@@ -325,7 +325,10 @@ def test_hard_config_builds(name):
     add_rs_config(easy)
     easy.merge_from_file(os.path.join(ROOT, "configs", "Synthetic",
                                       f"{name[:-len('_hard')]}.yaml"))
+    # The hard RS-Mask config keeps the published mask-loss balancing (docs/rs_vs_stock.md).
+    assert cfg.MODEL.RS.BALANCE_MASK_LOSS == (name == "rs_mask_rcnn_R_18_FPN_hard")
     for c in (cfg, easy):
+        c.MODEL.RS.BALANCE_MASK_LOSS = True
         c.MODEL.ROI_HEADS.NUM_CLASSES = 0
         c.DATASETS.TRAIN = c.DATASETS.TEST = ()
         c.OUTPUT_DIR = ""

@@ -38,17 +38,14 @@ Only numpy, OpenCV, pycocotools and tqdm are used here (no detectron2)::
                                      seed=0, split_name="train")
 """
 import functools
-import json
-import logging
 import math
 import os
 from typing import Dict, List, Sequence, Tuple
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
-from .synthetic_shapes import _annotation, _cache_complete
+from .synthetic_shapes import write_coco_split
 
 __all__ = [
     "GLYPH_CLASSES",
@@ -57,7 +54,6 @@ __all__ = [
     "generate_glyph_split",
 ]
 
-logger = logging.getLogger(__name__)
 
 # Bump whenever the generated images or annotations change: it is part of the cache path.
 GLYPH_GENERATOR_VERSION = 1
@@ -494,13 +490,6 @@ def generate_glyph_image(rng: np.random.Generator, image_size: int):
     return image, annotations
 
 
-def _say(msg: str) -> None:
-    if logger.hasHandlers() and logger.isEnabledFor(logging.INFO):
-        logger.info(msg)
-    else:
-        print(msg, flush=True)
-
-
 def generate_glyph_split(
     out_dir: str,
     num_images: int,
@@ -522,47 +511,10 @@ def generate_glyph_split(
         raise ValueError(f"num_images must be >= 1, got {num_images}")
     if image_size < _MIN_IMAGE_SIZE:
         raise ValueError(f"image_size must be >= {_MIN_IMAGE_SIZE}, got {image_size}")
-    out_dir = os.fspath(out_dir)
-    image_dir = os.path.join(out_dir, "images")
-    json_file = os.path.join(out_dir, "annotations.json")
-    if _cache_complete(json_file, image_dir, num_images):
-        _say(f"rs_synthetic_hard: reusing cached split '{split_name}' ({num_images} images) "
-             f"at {out_dir}")
-        return json_file
-
-    os.makedirs(image_dir, exist_ok=True)
-    images, annotations = [], []
-    for index in tqdm(range(num_images), desc=f"Generating rs_synthetic_hard {split_name}",
-                      unit="img", dynamic_ncols=True):
-        image, objects = generate_glyph_image(np.random.default_rng([int(seed), index]),
-                                              image_size)
-        file_name = f"{split_name}_{index:06d}.png"
-        # Write-then-rename: concurrent generators never expose a half-written image.
-        tmp = os.path.join(image_dir, f"{file_name[:-4]}.tmp{os.getpid()}.png")
-        if not cv2.imwrite(tmp, image):
-            raise OSError(f"could not write {tmp}")
-        os.replace(tmp, os.path.join(image_dir, file_name))
-        image_id = index + 1
-        images.append(dict(id=image_id, file_name=file_name, height=image_size,
-                           width=image_size))
-        for obj in objects:
-            ann = dict(id=len(annotations) + 1, image_id=image_id,
-                       category_id=obj["category_id"], iscrowd=0)
-            ann.update(_annotation(obj["mask"]))
-            annotations.append(ann)
-
-    dataset = dict(
-        info=dict(description=f"rs_detectron2 synthetic glyphs (hard), split {split_name}",
-                  version=str(GLYPH_GENERATOR_VERSION),
-                  generator=dict(num_images=num_images, image_size=image_size, seed=int(seed))),
-        licenses=[],
-        images=images,
-        annotations=annotations,
-        categories=[dict(id=i + 1, name=n, supercategory="glyph")
-                    for i, n in enumerate(GLYPH_CLASSES)],
+    return write_coco_split(
+        out_dir, num_images, image_size, seed, split_name,
+        make_image=lambda index: generate_glyph_image(np.random.default_rng([int(seed), index]),
+                                                      image_size),
+        dataset_name="rs_synthetic_hard", description="rs_detectron2 synthetic glyphs (hard)",
+        version=GLYPH_GENERATOR_VERSION, classes=GLYPH_CLASSES, supercategory="glyph",
     )
-    tmp_json = f"{json_file}.tmp{os.getpid()}"
-    with open(tmp_json, "w") as f:
-        json.dump(dataset, f, separators=(",", ":"))
-    os.replace(tmp_json, json_file)
-    return json_file

@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import os
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -360,19 +360,46 @@ def generate_synthetic_split(
         raise ValueError(f"num_images must be >= 1, got {num_images}")
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32, got {image_size}")
+    return write_coco_split(
+        out_dir, num_images, image_size, seed, split_name,
+        make_image=lambda index: generate_synthetic_image(image_size, seed, index),
+        dataset_name="rs_synthetic", description="rs_detectron2 synthetic shapes",
+        version=GENERATOR_VERSION, classes=SYNTHETIC_CLASSES, supercategory="shape",
+    )
+
+
+def write_coco_split(
+    out_dir: str,
+    num_images: int,
+    image_size: int,
+    seed: int,
+    split_name: str,
+    *,
+    make_image: Callable[[int], Tuple[np.ndarray, List[dict]]],
+    dataset_name: str,
+    description: str,
+    version: int,
+    classes: Sequence[str],
+    supercategory: str,
+) -> str:
+    """Write ``out_dir/images/<split_name>_<index>.png`` and ``out_dir/annotations.json``
+    (COCO instances) from ``make_image(index) -> (BGR image, [{"category_id", "mask"}])``,
+    or reuse them when a complete split is cached (logged). Shared by the built-in
+    generators. The JSON is written last and atomically, images by write-then-rename, so
+    an interrupted run leaves no JSON and is regenerated."""
     out_dir = os.fspath(out_dir)
     image_dir = os.path.join(out_dir, "images")
     json_file = os.path.join(out_dir, "annotations.json")
     if _cache_complete(json_file, image_dir, num_images):
-        _say(f"rs_synthetic: reusing cached split '{split_name}' ({num_images} images) "
+        _say(f"{dataset_name}: reusing cached split '{split_name}' ({num_images} images) "
              f"at {out_dir}")
         return json_file
 
     os.makedirs(image_dir, exist_ok=True)
     images, annotations = [], []
-    for index in tqdm(range(num_images), desc=f"Generating rs_synthetic {split_name}",
+    for index in tqdm(range(num_images), desc=f"Generating {dataset_name} {split_name}",
                       unit="img", dynamic_ncols=True):
-        image, instances = generate_synthetic_image(image_size, seed, index)
+        image, instances = make_image(index)
         file_name = f"{split_name}_{index:06d}.png"
         # Write-then-rename: concurrent generators never expose a half-written image.
         tmp = os.path.join(image_dir, f"{file_name[:-4]}.tmp{os.getpid()}.png")
@@ -389,14 +416,14 @@ def generate_synthetic_split(
             annotations.append(ann)
 
     dataset = dict(
-        info=dict(description=f"rs_detectron2 synthetic shapes, split {split_name}",
-                  version=str(GENERATOR_VERSION),
+        info=dict(description=f"{description}, split {split_name}",
+                  version=str(version),
                   generator=dict(num_images=num_images, image_size=image_size, seed=int(seed))),
         licenses=[],
         images=images,
         annotations=annotations,
-        categories=[dict(id=i + 1, name=n, supercategory="shape")
-                    for i, n in enumerate(SYNTHETIC_CLASSES)],
+        categories=[dict(id=i + 1, name=n, supercategory=supercategory)
+                    for i, n in enumerate(classes)],
     )
     tmp_json = f"{json_file}.tmp{os.getpid()}"
     with open(tmp_json, "w") as f:
