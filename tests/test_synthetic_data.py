@@ -27,21 +27,12 @@ from rs_detectron2.data import (
     register_rs_synthetic,
     register_rs_synthetic_from_cfg,
 )
-from rs_detectron2.data import builtin, synthetic_shapes
+from rs_detectron2.data import synthetic_shapes
 from rs_detectron2.data.synthetic_shapes import GENERATOR_VERSION
 
+from .synthetic_checks import read_pixels, tight_box
+
 NAMES = ("rs_synthetic_train", "rs_synthetic_val")
-
-
-def tight_box(mask):
-    """[x, y, w, h] of the pixels of a 2-D mask."""
-    ys, xs = np.nonzero(mask)
-    return [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
-
-
-def read_pixels(split_dir):
-    d = os.path.join(split_dir, "images")
-    return {f: cv2.imread(os.path.join(d, f), cv2.IMREAD_UNCHANGED) for f in sorted(os.listdir(d))}
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +40,6 @@ def split_256(tmp_path_factory):
     """40 images of 256 px: enough for the statistics (classes, overlap, tiny objects)."""
     out = tmp_path_factory.mktemp("split256")
     return generate_synthetic_split(str(out), 40, 256, 5, "val")
-
-
-@pytest.fixture
-def restore_registration():
-    """Put back the registration found before the test (tests re-register other sizes)."""
-    before = {n: dict(builtin._REGISTERED[n]) for n in NAMES}
-    yield
-    tr, va = before["rs_synthetic_train"], before["rs_synthetic_val"]
-    register_rs_synthetic(root=tr["root"], num_train=tr["num_images"],
-                          num_val=va["num_images"], image_size=tr["image_size"],
-                          seed=tr["seed"])
 
 
 # ------------------------------------------------------------------------ generator
@@ -243,7 +223,7 @@ def test_default_registration():
         assert meta.image_root == os.path.join(os.path.dirname(meta.json_file), "images")
 
 
-def test_register_and_load(tmp_path, restore_registration):
+def test_register_and_load(tmp_path):
     names = register_rs_synthetic(root=str(tmp_path), num_train=5, num_val=3,
                                   image_size=64, seed=1)
     assert tuple(names) == NAMES
@@ -280,7 +260,7 @@ def test_register_and_load(tmp_path, restore_registration):
         prepare_rs_synthetic("coco_2017_train")
 
 
-def test_register_from_cfg(tmp_path, monkeypatch, restore_registration):
+def test_register_from_cfg(tmp_path, monkeypatch):
     cfg = get_cfg()
     add_rs_config(cfg)
     cfg.DATASETS.RS_SYNTHETIC.ROOT = str(tmp_path / "root")
@@ -304,7 +284,7 @@ def test_register_from_cfg(tmp_path, monkeypatch, restore_registration):
 
 
 @pytest.mark.parametrize("resize", [False, True])
-def test_annotations_to_instances_bitmask(tmp_path, restore_registration, resize):
+def test_annotations_to_instances_bitmask(tmp_path, resize):
     register_rs_synthetic(root=str(tmp_path), num_train=4, num_val=2, image_size=96, seed=4)
     dicts = DatasetCatalog.get("rs_synthetic_train")
     augs = [T.RandomFlip(prob=1.0)]

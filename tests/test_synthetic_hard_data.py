@@ -28,11 +28,12 @@ from rs_detectron2.data import (
     generate_glyph_image,
     generate_glyph_split,
     prepare_rs_synthetic,
-    register_rs_synthetic_hard,
     register_rs_synthetic_hard_from_cfg,
 )
 from rs_detectron2.data import builtin, synthetic_glyphs, synthetic_shapes
 from rs_detectron2.engine import default_rs_setup
+
+from .synthetic_checks import read_pixels, tight_box
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = ("rs_synthetic_hard_train", "rs_synthetic_hard_val")
@@ -40,33 +41,11 @@ HARD_CONFIGS = ("rs_faster_rcnn_R_18_FPN_hard", "rs_mask_rcnn_R_18_FPN_hard",
                 "faster_rcnn_R_18_FPN_hard", "mask_rcnn_R_18_FPN_hard")
 
 
-def tight_box(mask):
-    """[x, y, w, h] of the pixels of a 2-D mask."""
-    ys, xs = np.nonzero(mask)
-    return [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
-
-
-def read_pixels(split_dir):
-    d = os.path.join(split_dir, "images")
-    return {f: cv2.imread(os.path.join(d, f), cv2.IMREAD_UNCHANGED) for f in sorted(os.listdir(d))}
-
-
 @pytest.fixture(scope="module")
 def split_192(tmp_path_factory):
     """24 images of the default size: enough for the statistics (classes, sizes, overlap)."""
     out = tmp_path_factory.mktemp("hard192")
     return generate_glyph_split(str(out), 24, 192, 5, "val")
-
-
-@pytest.fixture
-def restore_hard_registration():
-    """Put back the hard datasets' registration found before the test."""
-    before = {n: dict(builtin._REGISTERED[n]) for n in NAMES}
-    yield
-    tr, va = before["rs_synthetic_hard_train"], before["rs_synthetic_hard_val"]
-    register_rs_synthetic_hard(root=tr["root"], num_train=tr["num_images"],
-                               num_val=va["num_images"], image_size=tr["image_size"],
-                               seed=tr["seed"])
 
 
 # ------------------------------------------------------------------------ generator
@@ -245,7 +224,7 @@ def test_families_do_not_share_seeds_or_caches():
             != builtin._split_dir("/r", "train", 5, 64, 0))
 
 
-def test_register_from_cfg(tmp_path, monkeypatch, restore_hard_registration):
+def test_register_from_cfg(tmp_path, monkeypatch):
     shapes_json = MetadataCatalog.get("rs_synthetic_train").json_file
     cfg = get_cfg()
     add_rs_config(cfg)
@@ -292,7 +271,7 @@ def test_register_from_cfg(tmp_path, monkeypatch, restore_hard_registration):
     assert MetadataCatalog.get("rs_synthetic_hard_val").json_file.startswith(str(tmp_path / "env"))
 
 
-def test_default_rs_setup_registers_hard(tmp_path, restore_hard_registration):
+def test_default_rs_setup_registers_hard(tmp_path):
     root = str(tmp_path / "data")
     args = default_argument_parser().parse_args([
         "--config-file",
