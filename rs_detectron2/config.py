@@ -18,6 +18,11 @@ def add_rs_config(cfg: CN) -> None:
     # scratch, the balanced Dice (coefficient 3-6) dominates the backbone's gradient and
     # costs box AP; see docs/rs_vs_stock.md. The synthetic configs set False.
     cfg.MODEL.RS.BALANCE_MASK_LOSS = True
+    # RS RoI heads pool all proposals (~2x the RoIs of detectron2's sampled 512 per image).
+    # On the CPU, compute their ROIAlign as one multi-threaded sparse matrix product
+    # (rs_detectron2.layers.SparseROIAlign) instead of torchvision's one-thread loop over
+    # the RoIs; same results up to float summation order. Other devices use torchvision.
+    cfg.MODEL.RS.SPARSE_CPU_ROI_ALIGN = True
 
     cfg.DATASETS.RS_SYNTHETIC = CN()
     # Cache folder of the generated dataset; "" = $DETECTRON2_DATASETS or ./datasets.

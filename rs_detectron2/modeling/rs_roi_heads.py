@@ -10,6 +10,7 @@ from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
 from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 
+from ..layers import use_sparse_roi_align
 from .rs_box_losses import balance_to
 from .rs_fast_rcnn import RSFastRCNNOutputLayers
 
@@ -47,7 +48,9 @@ class RSStandardROIHeads(StandardROIHeads):
     All proposals are kept (ground truth appended, no sampling); the box predictor is
     :class:`RSFastRCNNOutputLayers`. With masks on, at most ``max_mask_rois`` random positive
     RoIs of the batch feed the mask head, and its loss is balanced to the box head's
-    ``loss_roi_rank + loss_roi_sort`` (unless ``balance_mask_loss`` is False).
+    ``loss_roi_rank + loss_roi_sort`` (unless ``balance_mask_loss`` is False). With
+    ``MODEL.RS.SPARSE_CPU_ROI_ALIGN`` its poolers compute ROIAlign on the CPU as a sparse
+    matrix product (:class:`~rs_detectron2.layers.SparseROIAlign`, same results).
     """
 
     @configurable
@@ -69,6 +72,10 @@ class RSStandardROIHeads(StandardROIHeads):
         ret = super().from_config(cfg, input_shape)
         ret["max_mask_rois"] = cfg.MODEL.RS.MAX_MASK_ROIS
         ret["balance_mask_loss"] = cfg.MODEL.RS.BALANCE_MASK_LOSS
+        if cfg.MODEL.RS.SPARSE_CPU_ROI_ALIGN:
+            for key in ("box_pooler", "mask_pooler", "keypoint_pooler"):
+                if ret.get(key) is not None:
+                    use_sparse_roi_align(ret[key])
         return ret
 
     @classmethod
