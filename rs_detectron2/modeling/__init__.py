@@ -5,7 +5,7 @@ from .rs_fast_rcnn import RSFastRCNNOutputLayers
 from .rs_mask_head import RSMaskRCNNConvUpsampleHead, weighted_dice_loss
 from .rs_roi_heads import RSStandardROIHeads
 from .rs_rpn import RSRPN
-from .small_resnet import build_small_resnet, build_small_resnet_fpn_backbone
+from .backbone import build_small_resnet, build_small_resnet_fpn_backbone
 
 __all__ = [
     "RSRPN",
