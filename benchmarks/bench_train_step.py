@@ -65,8 +65,10 @@ PAIRS = {
 NUM_CLASSES = 80
 
 
-def build_cfg(config_file: str, device: str, lr: Optional[float]) -> CfgNode:
-    """The config of one benchmarked model: random weights, 80 classes, ``device``.
+def build_cfg(config_file: str, device: str, lr: Optional[float],
+              opts: Sequence[str] = ()) -> CfgNode:
+    """The config of one benchmarked model: random weights, 80 classes, ``device``, then
+    the ``opts`` (KEY VALUE list).
 
     The learning rate is ``lr``, or by default the one detectron2's warm-up starts training
     with (BASE_LR x WARMUP_FACTOR): random weights then stay finite over the timed steps.
@@ -79,6 +81,7 @@ def build_cfg(config_file: str, device: str, lr: Optional[float]) -> CfgNode:
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = NUM_CLASSES
     cfg.MODEL.RETINANET.NUM_CLASSES = NUM_CLASSES
     cfg.SOLVER.BASE_LR = lr if lr is not None else cfg.SOLVER.BASE_LR * cfg.SOLVER.WARMUP_FACTOR
+    cfg.merge_from_list(list(opts))
     cfg.freeze()
     return cfg
 
@@ -242,40 +245,59 @@ def run_benchmark(
     seed: int = 0,
     lr: Optional[float] = None,
     calibrate: bool = True,
+    torchvision_pooling: bool = False,
 ) -> Dict[str, Any]:
     """Time ``pairs`` (keys of :data:`PAIRS`) as the module docstring says; returns
-    ``{"settings": ..., "environment": ..., "results": [one dict per pair]}``."""
+    ``{"settings": ..., "environment": ..., "results": [one dict per pair]}``.
+
+    With ``torchvision_pooling`` a third model per pair is timed in the same rotation: the
+    RS model with ``MODEL.RS.SPARSE_CPU_ROI_ALIGN False`` (torchvision's ROIAlign, as the
+    stock model), so the table also shows what the RS heads cost with the same kernel.
+    """
     steps = {}
     for name in pairs:
         _, stock_config, rs_config, with_masks = PAIRS[name]
         # The same seed: both models of a pair get the same GT boxes.
         batch = make_batch(seed, batch_size, height, width, num_boxes,
                            masks if with_masks else None)
-        steps[name] = (
-            TrainStep(build_cfg(model_zoo.get_config_file(stock_config), device, lr), batch, seed,
-                      calibrate),
-            TrainStep(build_cfg(os.path.join(REPO, rs_config), device, lr), batch, seed,
-                      calibrate),
-        )
+        steps[name] = {
+            "stock": TrainStep(build_cfg(model_zoo.get_config_file(stock_config), device, lr),
+                               batch, seed, calibrate),
+            "rs": TrainStep(build_cfg(os.path.join(REPO, rs_config), device, lr), batch, seed,
+                            calibrate),
+        }
+        if torchvision_pooling:
+            steps[name]["rs_tv"] = TrainStep(
+                build_cfg(os.path.join(REPO, rs_config), device, lr,
+                          ("MODEL.RS.SPARSE_CPU_ROI_ALIGN", "False")),
+                batch, seed, calibrate)
     seed_all_rng(seed)  # samplers and random subsets of the heads
-    times: Dict[str, Dict[str, List[float]]] = {n: {"stock": [], "rs": []} for n in pairs}
+    times: Dict[str, Dict[str, List[float]]] = {n: {k: [] for k in steps[n]} for n in pairs}
     with EventStorage(0) as storage:
         for _ in range(warmup):
-            for stock, rs in steps.values():
-                stock()
-                rs()
+            for models in steps.values():
+                for step in models.values():
+                    step()
                 storage.step()
         for _ in range(rounds):
-            for name, (stock, rs) in steps.items():
-                times[name]["stock"].append(stock())
-                times[name]["rs"].append(rs())
+            for name, models in steps.items():
+                for key, step in models.items():
+                    times[name][key].append(step())
             storage.step()
 
     results = []
     for name in pairs:
         stock_t, rs_t = times[name]["stock"], times[name]["rs"]
         ratios = [r / s for r, s in zip(rs_t, stock_t)]
-        stock_step, rs_step = steps[name]
+        stock_step, rs_step = steps[name]["stock"], steps[name]["rs"]
+        extra = {}
+        if "rs_tv" in times[name]:
+            tv_t = times[name]["rs_tv"]
+            tv_ratios = [r / s for r, s in zip(tv_t, stock_t)]
+            extra = dict(rs_tv_s_per_iter=statistics.median(tv_t),
+                         ratio_tv_median=statistics.median(tv_ratios),
+                         ratio_tv_min=min(tv_ratios), ratio_tv_max=max(tv_ratios),
+                         rs_tv_times=tv_t, ratios_tv=tv_ratios)
         results.append(dict(
             pair=name,
             label=PAIRS[name][0],
@@ -298,12 +320,14 @@ def run_benchmark(
             ratios=ratios,
             stock_last_losses=stock_step.last_losses,
             rs_last_losses=rs_step.last_losses,
+            **extra,
         ))
     settings = dict(
         device=device, batch_size=batch_size, height=height, width=width,
         num_boxes=num_boxes, masks=masks, num_classes=NUM_CLASSES, warmup=warmup,
         rounds=rounds, seed=seed, lr=lr, weights="random (MODEL.WEIGHTS '')",
         frozen_bn="calibrated on the batch" if calibrate else "identity (plain init)",
+        torchvision_pooling=torchvision_pooling,
     )
     return dict(settings=settings, environment=environment(device), results=results)
 
@@ -372,12 +396,22 @@ def format_markdown(report: Dict[str, Any]) -> str:
             f"{r['ratio_median']:.2f}x | {r['ratio_min']:.2f}–{r['ratio_max']:.2f} | "
             f"{r['ratio_iqr']:.2f} | {rois(r, 'stock')} | {rois(r, 'rs')} |"
         )
+    tv = [r for r in report["results"] if "ratio_tv_median" in r]
+    if tv:
+        lines += ["", "RS with torchvision's ROIAlign (MODEL.RS.SPARSE_CPU_ROI_ALIGN False), "
+                  "timed in the same rotation:", "",
+                  "| pair | RS (torchvision ROIAlign) s/iter | its RS/stock | min–max |",
+                  "|---|---:|---:|---:|"]
+        for r in tv:
+            lines.append(f"| {r['label']} | {r['rs_tv_s_per_iter']:.3f} | "
+                         f"{r['ratio_tv_median']:.2f}x | {r['ratio_tv_min']:.2f}–"
+                         f"{r['ratio_tv_max']:.2f} |")
     return "\n".join(lines)
 
 
 CSV_FIELDS = (
     "pair", "label", "stock_s_per_iter", "rs_s_per_iter", "ratio_median", "ratio_min",
-    "ratio_max", "ratio_iqr", "stock_box_rois_per_image", "rs_box_rois_per_image",
+    "ratio_max", "ratio_iqr", "rs_tv_s_per_iter", "ratio_tv_median", "stock_box_rois_per_image", "rs_box_rois_per_image",
     "stock_mask_rois_per_image", "rs_mask_rois_per_image", "rounds", "device", "batch_size",
     "height", "width", "num_boxes", "seed", "torch_threads", "cpu",
 )
@@ -413,6 +447,9 @@ def get_parser() -> argparse.ArgumentParser:
                         help="keep the backbone's FrozenBN layers as initialised (identities): "
                         "activations explode and the RPN leaves only a few proposals "
                         "(see calibrate_frozen_bn)")
+    parser.add_argument("--torchvision-pooling", action="store_true",
+                        help="also time each RS model with torchvision's ROIAlign "
+                        "(MODEL.RS.SPARSE_CPU_ROI_ALIGN False) in the same rotation")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--json", help="also write the full report (per-round times) here")
     parser.add_argument("--csv", help="also write one row per pair here")
@@ -433,7 +470,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         pairs=pairs, device=args.device, height=args.min_size, width=args.max_size,
         batch_size=args.batch_size, num_boxes=args.num_boxes, masks=args.masks,
         warmup=args.warmup, rounds=args.rounds, seed=args.seed, lr=args.lr,
-        calibrate=not args.no_calibrate,
+        calibrate=not args.no_calibrate, torchvision_pooling=args.torchvision_pooling,
     )
     print(format_markdown(report))
     if args.json:

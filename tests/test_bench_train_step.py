@@ -29,7 +29,7 @@ def test_one_round_of_the_faster_rcnn_pair_at_128px():
     torch.set_num_threads(1)
     try:
         report = bench.run_benchmark(pairs=("faster",), height=128, width=160, batch_size=1,
-                                     num_boxes=3, warmup=0, rounds=1)
+                                     num_boxes=3, warmup=0, rounds=1, torchvision_pooling=True)
     finally:
         torch.set_num_threads(threads)
     (r,) = report["results"]
@@ -43,3 +43,6 @@ def test_one_round_of_the_faster_rcnn_pair_at_128px():
     table = bench.format_markdown(report)
     assert "| Faster R-CNN R-50-FPN |" in table and "compiled ops" in table
     assert report["environment"]["torch"] == torch.__version__
+    # The third model: RS with torchvision's ROIAlign, timed in the same rotation.
+    assert r["rs_tv_s_per_iter"] > 0 and len(r["ratios_tv"]) == 1
+    assert "torchvision's ROIAlign" in table
