@@ -24,6 +24,18 @@ def add_rs_config(cfg: CN) -> None:
     # the RoIs; same results up to float summation order. Other devices use torchvision.
     cfg.MODEL.RS.SPARSE_CPU_ROI_ALIGN = True
 
+    # CARAFE upsampling in the FPN (build_resnet_carafe_fpn_backbone, the published "+"
+    # models); published values (mmdet's FPN_CARAFE in the RS configs).
+    cfg.MODEL.CARAFE = CN()
+    # Side k_up of each output pixel's reassembly kernel (odd).
+    cfg.MODEL.CARAFE.UP_KERNEL = 5
+    # Kernel side of the content encoder conv that predicts the reassembly kernels.
+    cfg.MODEL.CARAFE.ENCODER_KERNEL = 3
+    # Channels of the 1x1 channel compressor that feeds the content encoder.
+    cfg.MODEL.CARAFE.COMPRESSED_CHANNELS = 64
+    # Channel groups; each group of channels gets its own reassembly kernels.
+    cfg.MODEL.CARAFE.GROUPS = 1
+
     cfg.DATASETS.RS_SYNTHETIC = CN()
     # Cache folder of the generated dataset; "" = $DETECTRON2_DATASETS or ./datasets.
     cfg.DATASETS.RS_SYNTHETIC.ROOT = ""

@@ -24,6 +24,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_rs_config
 from ..data import register_rs_synthetic_from_cfg, register_rs_synthetic_hard_from_cfg
+from ..modeling.backbone import check_deformable_backbone
 
 __all__ = ["RSTrainer", "default_rs_setup", "fall_back_to_cpu"]
 
@@ -82,6 +83,14 @@ class RSTrainer(DefaultTrainer):
         # seam is the module-level ``create_ddp_model`` it calls, substituted just for now.
         with _cpu_ddp_without_device_ids():
             super().__init__(cfg)
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> nn.Module:
+        """detectron2's model building, after a check that fails loudly (with the backbone
+        to use instead) where the config asks detectron2 for deformable convolutions that
+        its missing compiled ops cannot provide."""
+        check_deformable_backbone(cfg)
+        return super().build_model(cfg)
 
     @classmethod
     def build_evaluator(

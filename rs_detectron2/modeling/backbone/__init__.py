@@ -1,4 +1,39 @@
 """Backbones registered with detectron2's BACKBONE_REGISTRY."""
+from .deform_resnet import (
+    TorchvisionDeformBottleneckBlock,
+    TorchvisionDeformConv,
+    TorchvisionModulatedDeformConv,
+    build_resnet_deform_backbone,
+    build_resnet_deform_carafe_fpn_backbone,
+    build_resnet_deform_fpn_backbone,
+    build_retinanet_resnet_deform_fpn_backbone,
+    check_deformable_backbone,
+    detectron2_has_compiled_ops,
+)
+from .carafe_fpn import (
+    CARAFE,
+    CARAFEFPN,
+    CARAFEUpsample,
+    build_resnet_carafe_fpn_backbone,
+    carafe,
+)
 from .small_resnet import build_small_resnet, build_small_resnet_fpn_backbone
 
-__all__ = ["build_small_resnet", "build_small_resnet_fpn_backbone"]
+__all__ = [
+    "build_small_resnet",
+    "build_small_resnet_fpn_backbone",
+    "carafe",
+    "CARAFE",
+    "CARAFEUpsample",
+    "CARAFEFPN",
+    "build_resnet_carafe_fpn_backbone",
+    "TorchvisionDeformConv",
+    "TorchvisionModulatedDeformConv",
+    "TorchvisionDeformBottleneckBlock",
+    "build_resnet_deform_backbone",
+    "build_resnet_deform_fpn_backbone",
+    "build_resnet_deform_carafe_fpn_backbone",
+    "build_retinanet_resnet_deform_fpn_backbone",
+    "check_deformable_backbone",
+    "detectron2_has_compiled_ops",
+]
