@@ -22,6 +22,14 @@ transient peak.
     python benchmarks/bench_carafe_fpn.py                          # 800x1333, 10 rounds
     python benchmarks/bench_carafe_fpn.py --rounds 20 --json out.json
     python benchmarks/bench_carafe_fpn.py --height 64 --width 96 --rounds 1   # smoke test
+
+``--train-step`` instead times whole training iterations of RS-Mask R-CNN R-50-FPN
+(configs/COCO-InstanceSegmentation/rs_mask_rcnn_R_50_FPN_1x.yaml) against the same model
+with the CARAFE FPN (rs_mask_rcnn_R_50_FPN_carafe_1x.yaml): batch 2 of ``--height`` x
+``--width``, random weights, the fixed batch, FrozenBN calibration and the iteration of
+benchmarks/bench_train_step.py, alternated in this process after warm-up::
+
+    python benchmarks/bench_carafe_fpn.py --train-step --height 800 --width 1067 --rounds 5
 """
 import argparse
 import json
@@ -117,6 +125,63 @@ def machine_description() -> Dict[str, object]:
             "torch": torch.__version__, "python": platform.python_version()}
 
 
+TRAIN_STEP_CONFIGS = {
+    "plain": "configs/COCO-InstanceSegmentation/rs_mask_rcnn_R_50_FPN_1x.yaml",
+    "carafe": "configs/COCO-InstanceSegmentation/rs_mask_rcnn_R_50_FPN_carafe_1x.yaml",
+}
+
+
+def train_step_benchmark(args: argparse.Namespace) -> Dict[str, object]:
+    """Seconds per training iteration of RS-Mask R-CNN R-50-FPN with the plain and the
+    CARAFE FPN, alternated (bench_train_step.py's batch, calibration and iteration)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_train_step as bts
+    from detectron2.utils.events import EventStorage
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    batch = bts.make_batch(args.seed, 2, args.height, args.width, 7, "polygon")
+    steps = {name: bts.TrainStep(bts.build_cfg(os.path.join(repo, path), "cpu", None), batch,
+                                 args.seed)
+             for name, path in TRAIN_STEP_CONFIGS.items()}
+    times = {name: [] for name in steps}
+    with EventStorage(0) as storage:
+        for _ in range(args.warmup):
+            for step in steps.values():
+                step()
+            storage.step()
+        for r in range(args.rounds):
+            order = list(steps) if r % 2 == 0 else list(steps)[::-1]
+            for name in order:
+                times[name].append(steps[name]())
+            storage.step()
+    ratios = [c / p for c, p in zip(times["carafe"], times["plain"])]
+    result = {
+        "machine": machine_description(),
+        "batch": [2, args.height, args.width],
+        "configs": TRAIN_STEP_CONFIGS,
+        "seed": args.seed, "rounds": args.rounds, "warmup": args.warmup,
+        "train_step_s_median": {name: statistics.median(t) for name, t in times.items()},
+        "train_step_s_all": times,
+        "ratio_carafe_over_plain_median": statistics.median(ratios),
+        "ratios": ratios,
+    }
+    m = result["machine"]
+    print(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} with "
+          f"{m['torch_threads']} threads")
+    print(f"training iteration, batch 2 of {args.height}x{args.width}, random weights, seed "
+          f"{args.seed}, {args.warmup} warm-up + {args.rounds} alternated rounds")
+    for name in steps:
+        print(f"{name:>7} ({TRAIN_STEP_CONFIGS[name]}): median "
+              f"{result['train_step_s_median'][name]:.2f} s/iter")
+    print(f"ratio carafe / plain (median of rounds): "
+          f"{result['ratio_carafe_over_plain_median']:.3f} "
+          f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
 def main(argv=None) -> Dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--height", type=int, default=800)
@@ -127,10 +192,15 @@ def main(argv=None) -> Dict[str, object]:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--train-step", action="store_true",
+                        help="time training iterations of RS-Mask R-CNN R-50-FPN with and "
+                        "without CARAFE (batch 2) instead of backbone forwards")
     parser.add_argument("--memory-child", choices=sorted(MODELS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.train_step:
+        return train_step_benchmark(args)
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child, args.height, args.width, args.seed)))
         return {}

@@ -24,6 +24,21 @@ def add_rs_config(cfg: CN) -> None:
     # the RoIs; same results up to float summation order. Other devices use torchvision.
     cfg.MODEL.RS.SPARSE_CPU_ROI_ALIGN = True
 
+    # RSCascadeROIHeads: the published (mmdetection) cascade where it needs code; each
+    # default is the published behaviour. False / True / False would be detectron2's.
+    cfg.MODEL.RS.CASCADE = CN()
+    # Scale the gradient that each stage's pooled RoI features send back to the backbone by
+    # 1 / number of stages, as detectron2's CascadeROIHeads does. The published RS-Cascade
+    # sums the stage losses with weights 1, 1, 1 and does not scale: False.
+    cfg.MODEL.RS.CASCADE.SCALE_GRADIENT = False
+    # At test time average the stages' class logits and apply the sigmoid to the mean
+    # (published). False: average the stages' scores (detectron2).
+    cfg.MODEL.RS.CASCADE.AVERAGE_LOGITS = True
+    # In training, every stage after the first gets the exact ground-truth boxes as
+    # proposals, in place of the previous stage's regressed copies of them (published:
+    # add_gt_as_proposals in each stage). False: only the first stage gets them (detectron2).
+    cfg.MODEL.RS.CASCADE.GT_PROPOSALS_ALL_STAGES = True
+
     # CARAFE upsampling in the FPN (build_resnet_carafe_fpn_backbone, the published "+"
     # models); published values (mmdet's FPN_CARAFE in the RS configs).
     cfg.MODEL.CARAFE = CN()

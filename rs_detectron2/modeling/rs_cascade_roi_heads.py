@@ -1,24 +1,110 @@
-"""RS Cascade R-CNN: detectron2's cascade with every stage trained by the RS box predictor."""
-from typing import Dict, List
+"""RS Cascade R-CNN: detectron2's cascade with every stage trained by the RS box predictor,
+with the published (mmdetection) cascade recipe as options.
 
+The published RS-Cascade R-CNN (kemaloksuz/RankSortLoss, ``RankBasedCascadeRoIHead`` on
+mmdetection's ``CascadeRoIHead``) differs from detectron2's :class:`CascadeROIHeads` in
+three places that need code; each is a key of ``cfg.MODEL.RS.CASCADE``
+(added by ``add_rs_config``) whose default is the published behaviour:
+
+- ``SCALE_GRADIENT``: stage losses enter with weight 1 and the gradient that each stage's
+  pooled features send back to the FPN is *not* scaled by 1/3 (:meth:`_run_stage`).
+- ``AVERAGE_LOGITS``: at test time the stages' class logits are averaged, then turned into
+  scores (sigmoid); detectron2 averages the scores.
+- ``GT_PROPOSALS_ALL_STAGES``: in training, stages 2 and 3 see the exact ground-truth boxes
+  as proposals (mmdetection's samplers ``add_gt_as_proposals`` in every stage, and its
+  ``refine_bboxes`` drops the previous stage's regressed copies of them); detectron2 gives
+  the exact ground truth to the first stage only.
+
+The other published differences are config values (box coder weights (10, 10, 5, 5) in all
+stages, 1000 training proposals, border-crossing anchors ignored by the RPN): see
+``configs/COCO-Detection/rs_cascade_rcnn_R_50_FPN_1x.yaml``.
+"""
+from typing import Dict, List, Optional, Tuple, Union
+
+import torch
 from torch import Tensor
 
+from detectron2.config import CfgNode as CN
+from detectron2.config import configurable
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads
-from detectron2.structures import Instances
+from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import get_event_storage
 
 from .rs_fast_rcnn import RSFastRCNNOutputLayers
 from .rs_roi_heads import RSStandardROIHeads
 
 
+def _cascade_cfg(cfg: CN) -> CN:
+    """``cfg.MODEL.RS.CASCADE``, or a KeyError that says how to add it."""
+    if "CASCADE" not in cfg.MODEL.RS:
+        raise KeyError(
+            "cfg.MODEL.RS.CASCADE is missing: build the config with "
+            "rs_detectron2.add_rs_config(cfg) before merging a config file or building "
+            "RSCascadeROIHeads"
+        )
+    return cfg.MODEL.RS.CASCADE
+
+
+def _num_trailing_gt(proposals: Instances, targets: Instances) -> int:
+    """How many of the last rows of ``proposals`` are exactly the ground-truth boxes of
+    ``targets``, in order: ``len(targets)`` where detectron2's
+    ``add_ground_truth_to_proposals`` (first stage) or this cascade (later stages) appended
+    them, else 0 (e.g. ``MODEL.ROI_HEADS.PROPOSAL_APPEND_GT`` False)."""
+    num_gt = len(targets)
+    if num_gt == 0 or len(proposals) < num_gt:
+        return 0
+    tail = proposals.proposal_boxes.tensor[-num_gt:]
+    return num_gt if torch.equal(tail, targets.gt_boxes.tensor.to(tail)) else 0
+
+
 @ROI_HEADS_REGISTRY.register()
 class RSCascadeROIHeads(CascadeROIHeads, RSStandardROIHeads):
-    """CascadeROIHeads (3 stages, IoU 0.5 / 0.6 / 0.7) whose stages use the RS box predictor.
+    """CascadeROIHeads (3 stages, IoU 0.5 / 0.6 / 0.7) whose stages use the RS box predictor,
+    with the published RS-Cascade recipe (module docstring) as options.
 
     From :class:`RSStandardROIHeads` it takes all proposals without sampling for the first
     stage (later stages keep all boxes already) and the balanced mask loss, which uses the
     first stage's RS loss and weights (those of the proposals the mask head sees). Stage
-    losses are named ``loss_roi_rank_stage0`` and so on.
+    losses are named ``loss_roi_rank_stage0`` and so on. Each stage's predictor uses its
+    stage's box coder (``MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS``).
     """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        scale_gradient: bool = False,
+        average_logits: bool = True,
+        gt_proposals_all_stages: bool = True,
+        **kwargs,
+    ):
+        """
+        Args:
+            scale_gradient: scale the gradient of each stage's pooled features by
+                1 / number of stages (detectron2); False for the published sum of the stage
+                losses (``MODEL.RS.CASCADE.SCALE_GRADIENT``).
+            average_logits: at test time average the stages' logits before the sigmoid
+                (published); False averages the scores (detectron2)
+                (``MODEL.RS.CASCADE.AVERAGE_LOGITS``).
+            gt_proposals_all_stages: in training give every later stage the exact
+                ground-truth boxes as proposals (published); False: the first stage only
+                (detectron2) (``MODEL.RS.CASCADE.GT_PROPOSALS_ALL_STAGES``).
+            kwargs: arguments of :class:`CascadeROIHeads` and :class:`RSStandardROIHeads`.
+        """
+        super().__init__(**kwargs)
+        self.scale_gradient = scale_gradient
+        self.average_logits = average_logits
+        self.gt_proposals_all_stages = gt_proposals_all_stages
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        options = _cascade_cfg(cfg)
+        ret = super().from_config(cfg, input_shape)
+        ret["scale_gradient"] = options.SCALE_GRADIENT
+        ret["average_logits"] = options.AVERAGE_LOGITS
+        ret["gt_proposals_all_stages"] = options.GT_PROPOSALS_ALL_STAGES
+        return ret
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
@@ -31,8 +117,108 @@ class RSCascadeROIHeads(CascadeROIHeads, RSStandardROIHeads):
         ]
         return ret
 
-    def _forward_box(self, features: Dict[str, Tensor], proposals: List[Instances], targets=None):
-        out = super()._forward_box(features, proposals, targets)
+    def _run_stage(self, features: List[Tensor], proposals: List[Instances], stage: int):
+        """detectron2's stage; without its 1 / num_stages gradient scaling of the pooled
+        features unless ``scale_gradient``."""
+        if self.scale_gradient:
+            return super()._run_stage(features, proposals, stage)
+        box_features = self.box_pooler(features, [x.proposal_boxes for x in proposals])
+        box_features = self.box_head[stage](box_features)
+        return self.box_predictor[stage](box_features)
+
+    def _forward_box(
+        self,
+        features: Dict[str, Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]] = None,
+    ) -> Union[Dict[str, Tensor], List[Instances]]:
+        """detectron2's cascade loop (:meth:`CascadeROIHeads._forward_box`, built from its
+        helpers) with the two published changes: with ``gt_proposals_all_stages`` each
+        later training stage gets the exact ground truth in place of the regressed copies
+        of it, and with ``average_logits`` the test scores come from the mean logits.
+        With both off it computes exactly what detectron2's method does.
+
+        Returns the stage losses in training, the detections at test time.
+        """
+        features = [features[f] for f in self.box_in_features]
+        head_outputs = []  # (predictor, predictions, proposals)
+        prev_pred_boxes = None
+        image_sizes = [x.image_size for x in proposals]
+        add_gt = self.training and self.gt_proposals_all_stages
+        for k in range(self.num_cascade_stages):
+            if k > 0:
+                if add_gt:
+                    prev_pred_boxes = self._drop_gt_rows(prev_pred_boxes, proposals, targets)
+                proposals = self._create_proposals_from_boxes(prev_pred_boxes, image_sizes)
+                if self.training:
+                    if add_gt:
+                        proposals = self._append_gt_proposals(proposals, targets)
+                    proposals = self._match_and_label_boxes(proposals, k, targets)
+            predictions = self._run_stage(features, proposals, k)
+            prev_pred_boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
+            head_outputs.append((self.box_predictor[k], predictions, proposals))
+
         if self.training:
-            self._rs_loss_for_mask = (out["loss_roi_rank_stage0"] + out["loss_roi_sort_stage0"]).detach()
+            losses = {}
+            storage = get_event_storage()
+            for stage, (predictor, predictions, stage_proposals) in enumerate(head_outputs):
+                with storage.name_scope("stage{}".format(stage)):
+                    stage_losses = predictor.losses(predictions, stage_proposals)
+                losses.update({k + "_stage{}".format(stage): v for k, v in stage_losses.items()})
+            self._rs_loss_for_mask = (
+                losses["loss_roi_rank_stage0"] + losses["loss_roi_sort_stage0"]
+            ).detach()
+            return losses
+
+        predictor, predictions, proposals = head_outputs[-1]
+        scores = self._average_scores(head_outputs)
+        boxes = predictor.predict_boxes(predictions, proposals)
+        pred_instances, _ = fast_rcnn_inference(
+            boxes,
+            scores,
+            image_sizes,
+            predictor.test_score_thresh,
+            predictor.test_nms_thresh,
+            predictor.test_topk_per_image,
+        )
+        return pred_instances
+
+    def _average_scores(
+        self, head_outputs: List[Tuple[torch.nn.Module, Tuple[Tensor, Tensor], List[Instances]]]
+    ) -> List[Tensor]:
+        """Per-image class scores of the cascade at test time: the last predictor's
+        ``predict_probs`` of the stages' mean logits (``average_logits``, published), or
+        the mean of the stages' ``predict_probs`` (detectron2)."""
+        n = self.num_cascade_stages
+        if not self.average_logits:
+            scores_per_stage = [h[0].predict_probs(h[1], h[2]) for h in head_outputs]
+            return [sum(list(s)) * (1.0 / n) for s in zip(*scores_per_stage)]
+        predictor, predictions, proposals = head_outputs[-1]
+        mean_logits = sum(h[1][0] for h in head_outputs) * (1.0 / n)
+        return list(predictor.predict_probs((mean_logits, predictions[1]), proposals))
+
+    @staticmethod
+    def _drop_gt_rows(
+        boxes: List[Tensor], proposals: List[Instances], targets: List[Instances]
+    ) -> List[Tensor]:
+        """The previous stage's predicted boxes without the rows of its exact ground-truth
+        proposals (mmdetection's ``refine_bboxes`` drops them: the next stage gets the
+        exact ground truth instead)."""
+        out = []
+        for boxes_i, proposals_i, targets_i in zip(boxes, proposals, targets):
+            num_gt = _num_trailing_gt(proposals_i, targets_i)
+            out.append(boxes_i[: len(boxes_i) - num_gt])
+        return out
+
+    @staticmethod
+    def _append_gt_proposals(proposals: List[Instances], targets: List[Instances]) -> List[Instances]:
+        """Each image's proposals followed by its exact ground-truth boxes (as detectron2's
+        ``add_ground_truth_to_proposals`` does for the first stage)."""
+        out = []
+        for proposals_i, targets_i in zip(proposals, targets):
+            boxes = proposals_i.proposal_boxes
+            gt = Boxes(targets_i.gt_boxes.tensor.to(boxes.tensor))
+            new = Instances(proposals_i.image_size)
+            new.proposal_boxes = Boxes.cat([boxes, gt])
+            out.append(new)
         return out

@@ -19,6 +19,7 @@ so this module provides:
 from typing import Dict, List, Optional
 
 import torch
+from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
 from detectron2.config import CfgNode as CN
 from detectron2.layers import ShapeSpec
@@ -55,8 +56,8 @@ def carafe(
     Returns:
         (N, C, s*H, s*W).
 
-    Memory: the gathered neighbourhoods hold k*k / (s*s) times the output's elements
-    (6.25x for k=5, s=2), freed on return in inference; autograd keeps them for backward.
+    Computed by k batched matrix products over strided views of the padded features
+    (:class:`_CARAFEFunction`): no k*k-fold copy of the features is made.
     """
     n, c, h, w = features.shape
     k, s, g = kernel_size, scale_factor, groups
@@ -69,21 +70,79 @@ def carafe(
             f"carafe: kernels of shape {tuple(kernels.shape)}, "
             f"expected {(n, g * k * k, s * h, s * w)}"
         )
-    # The k x k neighbourhood of every source pixel (zero padded), gathered once straight
-    # into the layout of a batched matmul: one (C/g, k*k) matrix per (image, group, pixel).
-    # (Tensor.unfold windows are a view, so this is the only copy; F.unfold followed by
-    # the same permute, or torch.einsum, measured 5-10x slower on the CPU.)
-    p = k // 2
-    padded = F.pad(features, (p, p, p, p)).view(n, g, c // g, h + 2 * p, w + 2 * p)
-    windows = padded.unfold(3, k, 1).unfold(4, k, 1)  # (n, g, c/g, h, w, k, k), a view
-    windows = windows.permute(0, 1, 3, 4, 2, 5, 6).reshape(n * g * h * w, c // g, k * k)
-    # Output pixel (h*s + a, w*s + b) reads the neighbourhood of source pixel (h, w): the
-    # s*s output pixels of one source pixel share its neighbourhood, so they are the
-    # columns of one (k*k, s*s) kernel matrix.
-    kernels = kernels.view(n, g, k * k, h, s, w, s).permute(0, 1, 3, 5, 2, 4, 6)
-    out = torch.bmm(windows, kernels.reshape(n * g * h * w, k * k, s * s))
-    out = out.view(n, g, h, w, c // g, s, s).permute(0, 1, 4, 2, 5, 3, 6)
-    return out.reshape(n, c, s * h, s * w)
+    if g == 1:
+        return _CARAFEFunction.apply(features, kernels, k, s)
+    per_group = c // g
+    return torch.cat([
+        _CARAFEFunction.apply(features[:, i * per_group:(i + 1) * per_group],
+                              kernels[:, i * k * k:(i + 1) * k * k], k, s)
+        for i in range(g)
+    ], 1)
+
+
+class _CARAFEFunction(torch.autograd.Function):
+    """CARAFE for one channel group as ``k`` batched matrix products over strided views.
+
+    The features are stored once, channel-last and zero padded, in a flat buffer. Flattening
+    (image, padded row, padded column) into one "virtual pixel" index b, the k taps of
+    kernel row u of pixel b are the buffer rows ``b + u * cols + v`` (v < k): a (C, k)
+    matrix with strides (1, C) at offset ``(b + u * cols) * C``, so ``as_strided`` gives
+    every window of kernel row u without copying, and the output is
+    ``sum_u bmm(window_u, kernel_u)`` (virtual pixels in the padding are computed and
+    dropped). The backward pass uses the same views; nothing of size k*k x the features is
+    ever materialised (gathering the windows first took most of the time on the CPU).
+    """
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, kernels: torch.Tensor, k: int, s: int):
+        n, c, h, w = features.shape
+        p = k // 2
+        rows, cols = h + 2 * p, w + 2 * p
+        nb = n * rows * cols
+        # Spare rows after the images: the windows of the last virtual pixels stay inside.
+        buf = features.new_zeros((nb + (k - 1) * cols + k) * c)
+        buf[: nb * c].view(n, rows, cols, c)[:, p:p + h, p:p + w] = features.permute(0, 2, 3, 1)
+        # kernels[n, u*k + v, i*s + a, j*s + b] -> kv[virtual pixel (n, i, j), u, v, a*s + b]
+        kv = kernels.new_zeros(n, rows, cols, k, k, s * s)
+        kv[:, :h, :w] = kernels.reshape(n, k, k, h, s, w, s).permute(0, 3, 5, 1, 2, 4, 6) \
+            .reshape(n, h, w, k, k, s * s)
+        kv = kv.view(nb, k, k, s * s)
+        out = features.new_zeros(nb, c, s * s)
+        for u in range(k):
+            out.baddbmm_(buf.as_strided((nb, c, k), (c, 1, c), u * cols * c), kv[:, u])
+        ctx.save_for_backward(buf, kv)
+        ctx.geometry = (n, c, h, w, k, s)
+        out = out.view(n, rows, cols, c, s, s)[:, :h, :w]
+        return out.permute(0, 3, 1, 4, 2, 5).reshape(n, c, h * s, w * s)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        buf, kv = ctx.saved_tensors
+        n, c, h, w, k, s = ctx.geometry
+        p = k // 2
+        rows, cols = h + 2 * p, w + 2 * p
+        nb = n * rows * cols
+        grad_v = grad.new_zeros(n, rows, cols, c, s * s)
+        grad_v[:, :h, :w] = grad.reshape(n, c, h, s, w, s).permute(0, 2, 4, 1, 3, 5) \
+            .reshape(n, h, w, c, s * s)
+        grad_v = grad_v.view(nb, c, s * s)
+        grad_features = grad_kernels = None
+        if ctx.needs_input_grad[1]:
+            per_row = [torch.bmm(buf.as_strided((nb, k, c), (c, c, 1), u * cols * c), grad_v)
+                       for u in range(k)]  # (nb, k [v], s*s) each
+            grad_kernels = torch.stack(per_row, 1).view(n, rows, cols, k, k, s, s)[:, :h, :w] \
+                .permute(0, 3, 4, 1, 5, 2, 6).reshape(n, k * k, h * s, w * s)
+        if ctx.needs_input_grad[0]:
+            grad_buf = grad.new_zeros(nb + (k - 1) * cols + k, c)
+            for u in range(k):
+                taps = torch.bmm(kv[:, u], grad_v.transpose(1, 2))  # (nb, k [v], c)
+                for v in range(k):
+                    start = u * cols + v
+                    grad_buf[start:start + nb] += taps[:, v]
+            grad_features = grad_buf[:nb].view(n, rows, cols, c)[:, p:p + h, p:p + w] \
+                .permute(0, 3, 1, 2).contiguous()
+        return grad_features, grad_kernels, None, None
 
 
 class CARAFE(nn.Module):
