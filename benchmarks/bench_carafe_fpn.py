@@ -53,6 +53,9 @@ from detectron2.modeling import build_backbone  # noqa: E402
 
 from rs_detectron2.config import add_rs_config  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)
+
 MODELS = {"plain": "build_resnet_fpn_backbone", "carafe": "build_resnet_carafe_fpn_backbone"}
 
 
@@ -114,13 +117,7 @@ def measure_memory(name: str, args: argparse.Namespace) -> Dict[str, object]:
 
 
 def machine_description() -> Dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    cpu = cpu_name()
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version()}
 

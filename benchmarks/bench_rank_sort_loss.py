@@ -26,6 +26,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from rs_detectron2.losses import rank_sort_loss  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)
+
 DEFAULT_SIZES = "100:100000,1000:2000000,2000:8000000"
 DISTRIBUTIONS = ("early", "late")
 
@@ -153,13 +156,7 @@ def run_case(num_pos, num_entries, distribution, seed, device, repeats, loop_rep
 
 
 def machine_description(device):
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    cpu = cpu_name()
     text = (
         f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), Python {platform.python_version()}"

@@ -53,6 +53,9 @@ from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks  # no
 from detectron2.utils.env import seed_all_rng  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # name -> (label, stock model-zoo config, RS config in this repository, masks?)
@@ -334,13 +337,7 @@ def run_benchmark(
 
 def environment(device: str) -> Dict[str, Any]:
     """Machine and software the benchmark ran on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    cpu = cpu_name()
     try:
         from detectron2 import _C  # noqa: F401
 
