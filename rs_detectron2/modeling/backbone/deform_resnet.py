@@ -72,7 +72,32 @@ __all__ = [
 
 
 class _TorchvisionDeformConvBase(nn.Module):
-    """Shared forward / repr of the two torchvision-backed deformable convolutions."""
+    """Shared attributes, weight, forward and repr of the two torchvision-backed deformable
+    convolutions (detectron2's DeformConv stores stride / padding / dilation as pairs, its
+    ModulatedDeformConv as given: ``pair_geometry``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride, padding,
+                 dilation, groups: int, deformable_groups: int, bias: bool,
+                 norm: Optional[nn.Module], activation, pair_geometry: bool):
+        super().__init__()
+        geometry = _pair if pair_geometry else (lambda v: v)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride = geometry(stride)
+        self.padding = geometry(padding)
+        self.dilation = geometry(dilation)
+        self.groups = groups
+        self.deformable_groups = deformable_groups
+        self.norm = norm
+        self.activation = activation
+        self.weight = nn.Parameter(
+            torch.empty(out_channels, in_channels // groups, *self.kernel_size)
+        )
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        nn.init.kaiming_uniform_(self.weight, nonlinearity="relu")
+        if self.bias is not None:
+            nn.init.constant_(self.bias, 0)
 
     def _deform_conv(
         self, x: torch.Tensor, offset: torch.Tensor, mask: Optional[torch.Tensor]
@@ -130,24 +155,10 @@ class TorchvisionDeformConv(_TorchvisionDeformConvBase):
         norm: Optional[nn.Module] = None,
         activation=None,
     ):
-        super().__init__()
         assert not bias, "detectron2's DeformConv has no bias"
         assert in_channels % groups == 0 and out_channels % groups == 0, (in_channels, groups)
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.padding = _pair(padding)
-        self.dilation = _pair(dilation)
-        self.groups = groups
-        self.deformable_groups = deformable_groups
-        self.norm = norm
-        self.activation = activation
-        self.weight = nn.Parameter(
-            torch.empty(out_channels, in_channels // groups, *self.kernel_size)
-        )
-        self.bias = None
-        nn.init.kaiming_uniform_(self.weight, nonlinearity="relu")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, deformable_groups, False, norm, activation, pair_geometry=True)
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
         return self._deform_conv(x, offset, None)
@@ -175,25 +186,9 @@ class TorchvisionModulatedDeformConv(_TorchvisionDeformConvBase):
         norm: Optional[nn.Module] = None,
         activation=None,
     ):
-        super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size)
-        self.stride = stride
-        self.padding = padding
-        self.dilation = dilation
-        self.groups = groups
-        self.deformable_groups = deformable_groups
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, deformable_groups, bias, norm, activation, pair_geometry=False)
         self.with_bias = bias
-        self.norm = norm
-        self.activation = activation
-        self.weight = nn.Parameter(
-            torch.empty(out_channels, in_channels // groups, *self.kernel_size)
-        )
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        nn.init.kaiming_uniform_(self.weight, nonlinearity="relu")
-        if self.bias is not None:
-            nn.init.constant_(self.bias, 0)
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self._deform_conv(x, offset, mask)
