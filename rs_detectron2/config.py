@@ -3,9 +3,10 @@ from detectron2.config import CfgNode as CN
 
 
 def add_rs_config(cfg: CN) -> None:
-    """Add the RS Loss keys (``cfg.MODEL.RS``) and the built-in synthetic dataset keys
-    (``cfg.DATASETS.RS_SYNTHETIC``, ``cfg.DATASETS.RS_SYNTHETIC_HARD``) to ``cfg``, with
-    the published defaults."""
+    """Add the RS Loss keys (``cfg.MODEL.RS``), the evaluation keys (``cfg.TEST.OLRP``) and
+    the built-in synthetic dataset keys (``cfg.DATASETS.RS_SYNTHETIC``,
+    ``cfg.DATASETS.RS_SYNTHETIC_HARD``, ``cfg.DATASETS.RS_SYNTHETIC_LVIS``) to ``cfg``,
+    with the published defaults."""
     cfg.MODEL.RS = CN()
     # Smoothing δ of the step function in RS Loss (0 = hard step).
     cfg.MODEL.RS.DELTA = 0.5
@@ -76,3 +77,22 @@ def add_rs_config(cfg: CN) -> None:
     cfg.DATASETS.RS_SYNTHETIC_HARD.IMAGE_SIZE = 192
     # Seed of the generator; the same keys always give the same images.
     cfg.DATASETS.RS_SYNTHETIC_HARD.SEED = 0
+
+    # The long-tailed LVIS-format built-in dataset (rs_synthetic_lvis_train /
+    # rs_synthetic_lvis_val, rs_detectron2.data.synthetic_lvis); its tail scales with NUM_TRAIN.
+    cfg.DATASETS.RS_SYNTHETIC_LVIS = CN()
+    # Cache folder of the generated dataset; "" = $DETECTRON2_DATASETS or ./datasets.
+    cfg.DATASETS.RS_SYNTHETIC_LVIS.ROOT = ""
+    # Number of generated training images (rs_synthetic_lvis_train).
+    cfg.DATASETS.RS_SYNTHETIC_LVIS.NUM_TRAIN = 1000
+    # Number of generated validation images (rs_synthetic_lvis_val).
+    cfg.DATASETS.RS_SYNTHETIC_LVIS.NUM_VAL = 200
+    # Side of the square generated images, in pixels (object sizes scale with it).
+    cfg.DATASETS.RS_SYNTHETIC_LVIS.IMAGE_SIZE = 192
+    # Seed of the generator; the same keys always give the same images.
+    cfg.DATASETS.RS_SYNTHETIC_LVIS.SEED = 0
+
+    # oLRP evaluation (rs_detectron2.evaluation.OLRPEvaluator), next to COCO / LVIS AP.
+    cfg.TEST.OLRP = CN()
+    # Evaluate oLRP (and write each class's optimal score threshold) in RSTrainer.test.
+    cfg.TEST.OLRP.ENABLED = True

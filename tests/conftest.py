@@ -26,6 +26,7 @@ def _restore_builtin_dataset_registration():
     for family, (train, val) in {
         "rs_synthetic": ("rs_synthetic_train", "rs_synthetic_val"),
         "rs_synthetic_hard": ("rs_synthetic_hard_train", "rs_synthetic_hard_val"),
+        "rs_synthetic_lvis": ("rs_synthetic_lvis_train", "rs_synthetic_lvis_val"),
     }.items():
         if train in before and val in before:
             t, v = before[train], before[val]

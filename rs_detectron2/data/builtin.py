@@ -1,10 +1,13 @@
 """Registration of the built-in synthetic datasets in detectron2's catalogs.
 
-Two families, each with a train and a val split:
+Three families, each with a train and a val split:
 
 * ``rs_synthetic_train`` / ``rs_synthetic_val``: shapes (:mod:`.synthetic_shapes`);
 * ``rs_synthetic_hard_train`` / ``rs_synthetic_hard_val``: look-alike glyphs on cluttered
-  backgrounds (:mod:`.synthetic_glyphs`).
+  backgrounds (:mod:`.synthetic_glyphs`);
+* ``rs_synthetic_lvis_train`` / ``rs_synthetic_lvis_val``: a long-tailed dataset in LVIS v1
+  format with federated labels (:mod:`.synthetic_lvis`), loaded by detectron2's
+  ``load_lvis_json`` and evaluated by LVIS's evaluator (``evaluator_type`` "lvis").
 
 Their ``DatasetCatalog`` entries are lazy: a split is generated (once, then cached on
 disk) the first time the dataset is loaded.  Cache layout::
@@ -13,7 +16,7 @@ disk) the first time the dataset is loaded.  Cache layout::
         images/<split>_000000.png ...
         annotations.json
 
-with ``<family>`` "rs_synthetic" or "rs_synthetic_hard" and ``<version>`` the version of
+with ``<family>`` "rs_synthetic", "rs_synthetic_hard" or "rs_synthetic_lvis" and ``<version>`` the version of
 that family's generator.  ``root`` defaults to ``$DETECTRON2_DATASETS`` or ``./datasets``
 (detectron2's convention).
 """
@@ -23,23 +26,27 @@ import os
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json
+from detectron2.data.datasets import load_coco_json, load_lvis_json
 
-from . import synthetic_glyphs, synthetic_shapes
+from . import synthetic_glyphs, synthetic_lvis, synthetic_shapes
 
 __all__ = [
     "RS_SYNTHETIC_SPLITS",
     "RS_SYNTHETIC_HARD_SPLITS",
+    "RS_SYNTHETIC_LVIS_SPLITS",
     "register_rs_synthetic",
     "register_rs_synthetic_from_cfg",
     "register_rs_synthetic_hard",
     "register_rs_synthetic_hard_from_cfg",
+    "register_rs_synthetic_lvis",
+    "register_rs_synthetic_lvis_from_cfg",
     "prepare_rs_synthetic",
 ]
 
 # Dataset name -> split name.
 RS_SYNTHETIC_SPLITS = {"rs_synthetic_train": "train", "rs_synthetic_val": "val"}
 RS_SYNTHETIC_HARD_SPLITS = {"rs_synthetic_hard_train": "train", "rs_synthetic_hard_val": "val"}
+RS_SYNTHETIC_LVIS_SPLITS = {"rs_synthetic_lvis_train": "train", "rs_synthetic_lvis_val": "val"}
 
 
 class _Family(NamedTuple):
@@ -49,6 +56,7 @@ class _Family(NamedTuple):
     version: int  # generator version (part of the cache path)
     classes: Tuple[str, ...]
     generate_split: Callable[..., str]  # (out_dir, num_images, image_size, seed, split_name)
+    evaluator_type: str = "coco"  # also the annotation format: "coco" or "lvis"
 
 
 # Family name (the cache folder, also salting the split seeds) -> family.  The generators
@@ -62,10 +70,22 @@ _FAMILIES: Dict[str, _Family] = {
         RS_SYNTHETIC_HARD_SPLITS, synthetic_glyphs.GLYPH_GENERATOR_VERSION,
         tuple(synthetic_glyphs.GLYPH_CLASSES),
         lambda *a: synthetic_glyphs.generate_glyph_split(*a)),
+    # Val copies train's categories (LVIS's frequency tags): generated after train.
+    "rs_synthetic_lvis": _Family(
+        RS_SYNTHETIC_LVIS_SPLITS, synthetic_lvis.LVIS_GENERATOR_VERSION,
+        tuple(synthetic_lvis.LVIS_CLASSES),
+        lambda *a: synthetic_lvis.generate_lvis_split(*a, train_json=_lvis_train_json(a[4])),
+        evaluator_type="lvis"),
 }
 
 # Dataset name -> generation arguments of the current registration.
 _REGISTERED: Dict[str, dict] = {}
+
+
+def _lvis_train_json(split: str) -> str:
+    """The registered rs_synthetic_lvis train split's JSON (generated if needed), which the
+    other splits take their categories from; "" for the train split itself."""
+    return "" if split == "train" else prepare_rs_synthetic("rs_synthetic_lvis_train")
 
 
 def _default_root() -> str:
@@ -104,6 +124,11 @@ def _generate(out_dir, num_images, image_size, split_seed, split,
 def _load_rs_synthetic(name: str, args: dict):
     """DatasetCatalog function: generate the split if needed, then load it."""
     json_file = _generate(**args)
+    if _FAMILIES[args["family"]].evaluator_type == "lvis":
+        # detectron2's LVIS loader: image paths from coco_url under image_root + "/",
+        # contiguous ids = LVIS id - 1, and the federated labels of each image
+        # (neg_category_ids, not_exhaustive_category_ids) in its record.
+        return load_lvis_json(json_file, args["out_dir"] + os.sep)
     return load_coco_json(json_file, os.path.join(args["out_dir"], "images"), name)
 
 
@@ -129,13 +154,13 @@ def _register_family(family: str, root: Optional[str], num_train: int, num_val: 
                     family=family)
         _REGISTERED[name] = args
         DatasetCatalog.register(name, functools.partial(_load_rs_synthetic, name, dict(args)))
-        MetadataCatalog.get(name).set(
-            thing_classes=list(fam.classes),
-            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(fam.classes))},
-            evaluator_type="coco",
-            json_file=json_file,
-            image_root=image_root,
-        )
+        meta = dict(thing_classes=list(fam.classes), evaluator_type=fam.evaluator_type,
+                    json_file=json_file, image_root=image_root)
+        if fam.evaluator_type == "coco":
+            meta["thing_dataset_id_to_contiguous_id"] = {i + 1: i for i in range(len(fam.classes))}
+        # (LVIS metadata has no id map: detectron2's LVIS loader and evaluator then use
+        # contiguous id = LVIS id - 1, as for lvis_v1.)
+        MetadataCatalog.get(name).set(**meta)
     return tuple(fam.splits)
 
 
@@ -197,3 +222,29 @@ def register_rs_synthetic_hard_from_cfg(cfg) -> Tuple[str, str]:
     NUM_TRAIN, NUM_VAL, IMAGE_SIZE, SEED}`` (keys added by
     ``rs_detectron2.config.add_rs_config``)."""
     return register_rs_synthetic_hard(**_cfg_arguments(cfg.DATASETS.RS_SYNTHETIC_HARD))
+
+
+def register_rs_synthetic_lvis(
+    root: Optional[str] = None,
+    num_train: int = 1000,
+    num_val: int = 200,
+    image_size: int = 192,
+    seed: int = 0,
+) -> Tuple[str, str]:
+    """Register (or re-register, replacing earlier entries) the long-tailed LVIS-format
+    datasets ``rs_synthetic_lvis_train`` and ``rs_synthetic_lvis_val`` (evaluator_type
+    "lvis"); like :func:`register_rs_synthetic` (lazy, same arguments), with the cache under
+    ``<root>/rs_synthetic_lvis/``. The long tail scales with ``num_train`` (see
+    :mod:`.synthetic_lvis`).
+
+    Returns:
+        the two dataset names.
+    """
+    return _register_family("rs_synthetic_lvis", root, num_train, num_val, image_size, seed)
+
+
+def register_rs_synthetic_lvis_from_cfg(cfg) -> Tuple[str, str]:
+    """:func:`register_rs_synthetic_lvis` with ``cfg.DATASETS.RS_SYNTHETIC_LVIS.{ROOT,
+    NUM_TRAIN, NUM_VAL, IMAGE_SIZE, SEED}`` (keys added by
+    ``rs_detectron2.config.add_rs_config``)."""
+    return register_rs_synthetic_lvis(**_cfg_arguments(cfg.DATASETS.RS_SYNTHETIC_LVIS))

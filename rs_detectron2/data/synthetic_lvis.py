@@ -1,0 +1,330 @@
+"""Deterministic generator of the built-in long-tailed LVIS-format dataset.
+
+LVIS's two difficulties are reproduced on a small scale: a long tail of class frequencies
+and federated (partial) labels.
+
+* **Classes**: 36, each a (colour, shape) pair of the shapes family ("red_circle",
+  "green_star", ...): the shape as in :mod:`.synthetic_shapes`, the colour a fixed hue per
+  class with a small jitter, on the shapes family's textured backgrounds. Instances do not
+  overlap, so each mask is exactly its polygon (the annotations are polygons, like LVIS's).
+* **Long tail (train)**: class ``k`` of a fixed frequency order is put in about
+  ``0.4 * N * (0.005) ** (k / 35)`` of the ``N`` training images (400 ... 2 images for
+  N = 1000), so that, by LVIS's rule on the number of training images with the class,
+  about 10 classes are *frequent* (> 100), 15 *common* (11-100) and 11 *rare* (1-10). The
+  categories carry LVIS's ``frequency`` tag ("f" / "c" / "r"), ``image_count`` and
+  ``instance_count``, computed from the training split's final annotations.
+* **Val is class-balanced**: every class is equally likely in a val image, so that the
+  rare classes' AP (APr) rests on about as many val images as the others (LVIS val follows
+  the train tail; a 200-image val set would then hold a rare class in ~1 image).
+* **Federated labels** (both splits), as LVIS builds them: a present class is left
+  unlabelled in an image with probability 0.05 (neither annotated nor a negative: LVIS
+  evaluation ignores detections of it there); a labelled class with several instances is
+  marked *not exhaustive* with probability 0.3 and one of its instances is left out
+  (``not_exhaustive_category_ids``: unmatched detections of it are not false positives);
+  six absent classes per image are verified negatives (``neg_category_ids``).
+
+Only numpy, OpenCV, pycocotools and tqdm are used here (no detectron2)::
+
+    json_file = generate_lvis_split("out/train", num_images=1000, image_size=192,
+                                    seed=0, split_name="train")
+"""
+import json
+import math
+import os
+from typing import Dict, List, Sequence, Tuple
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_util
+from tqdm import tqdm
+
+from .synthetic_shapes import SYNTHETIC_CLASSES, _background, _cache_complete, _say, _unit_polygon
+
+__all__ = [
+    "LVIS_CLASSES",
+    "LVIS_GENERATOR_VERSION",
+    "lvis_frequency",
+    "lvis_train_image_targets",
+    "generate_lvis_image",
+    "generate_lvis_split",
+]
+
+# Bump whenever the generated images or annotations change: it is part of the cache path.
+LVIS_GENERATOR_VERSION = 1
+
+# Colour name -> BGR (OpenCV order), far apart from each other.
+_COLOURS = {
+    "red": (40, 40, 220),
+    "green": (50, 190, 40),
+    "blue": (220, 80, 30),
+    "yellow": (30, 220, 230),
+    "magenta": (200, 40, 200),
+    "white": (245, 245, 245),
+}
+LVIS_CLASSES = tuple(f"{c}_{s}" for c in _COLOURS for s in SYNTHETIC_CLASSES)
+
+# Frequency order of the classes in the training tail (index 0 = most frequent): a fixed
+# shuffle, so that neither a colour nor a shape is all rare.
+_TAIL_ORDER = tuple(int(i) for i in np.random.default_rng(20211011).permutation(len(LVIS_CLASSES)))
+
+_TAIL_TOP = 0.4  # fraction of the training images holding the most frequent class
+_TAIL_BOTTOM = 0.002  # ... and the rarest (at least one image)
+_CLASS_SLOTS = 5  # at most this many classes per training image
+_VAL_CLASSES = (1, 4)  # classes per val image (uniform in this range)
+_MAX_INSTANCES_PER_CLASS = 2
+_UNLABELLED_PROB = 0.05
+_NOT_EXHAUSTIVE_PROB = 0.3
+_NUM_NEG = 6
+
+_REF_SIZE = 192.0
+_MIN_SIZE, _MAX_SIZE = 16.0, 64.0  # longest side at 192 px (never below 16 px)
+_COLOUR_JITTER = 18.0
+_MIN_BG_CONTRAST = 90.0  # colour vs. the mean of the background it covers
+_PLACE_TRIES = 20
+_GAP = 2  # px between instances
+
+
+def lvis_frequency(image_count: int) -> str:
+    """LVIS's frequency tag of a class from its number of training images: "r" (1-10),
+    "c" (11-100) or "f" (> 100)."""
+    if image_count <= 10:
+        return "r"
+    return "c" if image_count <= 100 else "f"
+
+
+def lvis_train_image_targets(num_images: int) -> np.ndarray:
+    """Number of training images meant to hold each class (indexed like LVIS_CLASSES),
+    before federated labelling drops a few."""
+    k = np.arange(len(LVIS_CLASSES), dtype=np.float64) / (len(LVIS_CLASSES) - 1)
+    top, bottom = _TAIL_TOP * num_images, max(1.0, _TAIL_BOTTOM * num_images)
+    counts = np.rint(top * (bottom / top) ** k).astype(np.int64).clip(1, num_images)
+    targets = np.empty(len(LVIS_CLASSES), dtype=np.int64)
+    targets[list(_TAIL_ORDER)] = counts
+    return targets
+
+
+def _train_image_classes(num_images: int, seed: int) -> List[List[int]]:
+    """The classes of each training image: class k in ``lvis_train_image_targets[k]``
+    random images, rarest first, each image holding at most _CLASS_SLOTS classes; an image
+    left empty gets one of the ten most frequent classes."""
+    rng = np.random.default_rng([int(seed), 0x1F5])
+    targets = lvis_train_image_targets(num_images)
+    slots = np.full(num_images, _CLASS_SLOTS)
+    classes: List[List[int]] = [[] for _ in range(num_images)]
+    for cls in np.argsort(targets, kind="stable"):
+        free = np.flatnonzero(slots > 0)
+        chosen = rng.choice(free, size=min(int(targets[cls]), len(free)), replace=False)
+        for i in chosen.tolist():
+            classes[i].append(int(cls))
+        slots[chosen] -= 1
+    frequent = np.argsort(-targets, kind="stable")[:10]
+    for i in range(num_images):
+        if not classes[i]:
+            classes[i].append(int(rng.choice(frequent)))
+    return classes
+
+
+def _val_image_classes(rng: np.random.Generator) -> List[int]:
+    n = int(rng.integers(_VAL_CLASSES[0], _VAL_CLASSES[1] + 1))
+    return [int(c) for c in rng.choice(len(LVIS_CLASSES), size=n, replace=False)]
+
+
+def _polygon(shape: str, size: float, rng: np.random.Generator) -> np.ndarray:
+    """Vertices (N, 2) of a random instance of ``shape`` (longest side ``size``), centred
+    at the origin, randomly stretched and rotated."""
+    aspect = math.exp(rng.uniform(math.log(0.75), math.log(1.33)))
+    sx, sy = math.sqrt(aspect), 1.0 / math.sqrt(aspect)
+    m = max(sx, sy)
+    half = np.array([size / 2 * sx / m, size / 2 * sy / m])
+    if shape == "circle":
+        t = np.linspace(0.0, 2 * np.pi, 32, endpoint=False)
+        pts = np.stack([np.cos(t), np.sin(t)], axis=1)
+    else:
+        pts = _unit_polygon(shape, rng)
+    t = np.deg2rad(rng.uniform(0.0, 360.0))
+    rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+    return (pts * half) @ rot.T
+
+
+def _rasterise(poly: np.ndarray, size: int) -> np.ndarray:
+    """The bool mask of a polygon as LVIS evaluation and detectron2 compute it
+    (pycocotools), so that painted pixels and annotation agree exactly."""
+    rle = mask_util.frPyObjects([poly.reshape(-1).tolist()], size, size)
+    return mask_util.decode(mask_util.merge(rle)).astype(bool)
+
+
+def generate_lvis_image(image_size: int, seed: int, index: int, classes: Sequence[int]):
+    """Image ``index`` of the stream given by ``seed``, holding instances of ``classes``.
+
+    Returns ``(image, instances)``: a uint8 (H, W, 3) BGR image and a list of dicts with
+    ``category_id`` (1-based) and ``polygon`` ((N, 2) float, image coordinates). A class
+    whose instances find no free place is left out (placement rarely fails)."""
+    rng = np.random.default_rng([int(seed), int(index)])
+    size = int(image_size)
+    scale = size / _REF_SIZE
+    lo, hi = max(_MIN_SIZE, _MIN_SIZE * scale), max(_MIN_SIZE + 8.0, _MAX_SIZE * scale)
+    canvas = _background(rng, size)
+    occupied = np.zeros((size, size), dtype=bool)
+    instances: List[Dict] = []
+    for cls in classes:
+        colour_name, shape = LVIS_CLASSES[cls].split("_", 1)
+        base = np.array(_COLOURS[colour_name], dtype=np.float32)
+        for _ in range(int(rng.integers(1, _MAX_INSTANCES_PER_CLASS + 1))):
+            obj = _polygon(shape, float(rng.uniform(lo, hi)), rng)
+            extent = np.abs(obj).max(0) + 1.0
+            colour = np.clip(base + rng.uniform(-_COLOUR_JITTER, _COLOUR_JITTER, 3), 0, 255)
+            for _try in range(_PLACE_TRIES):
+                centre = rng.uniform(extent, size - extent)
+                poly = obj + centre
+                mask = _rasterise(poly, size)
+                if mask.sum() < 12:
+                    break
+                grown = cv2.dilate(mask.astype(np.uint8), np.ones((2 * _GAP + 1,) * 2, np.uint8))
+                if (grown.astype(bool) & occupied).any():
+                    continue
+                if np.linalg.norm(canvas[mask].mean(0) - colour) < _MIN_BG_CONTRAST:
+                    continue
+                canvas[mask] = colour
+                occupied |= mask
+                instances.append(dict(category_id=cls + 1, polygon=poly))
+                break
+    sigma = rng.uniform(0.0, 5.0)
+    if sigma > 0.5:
+        canvas += rng.normal(0.0, sigma, size=canvas.shape).astype(np.float32)
+    return np.clip(np.round(canvas), 0, 255).astype(np.uint8), instances
+
+
+def _federate(rng: np.random.Generator, instances: List[Dict]) -> Tuple[List[Dict], List[int],
+                                                                          List[int]]:
+    """LVIS-style partial labels of one image: (annotated instances, not-exhaustive ids,
+    negative ids), category ids 1-based."""
+    present = sorted({ins["category_id"] for ins in instances})
+    kept, not_exhaustive = [], []
+    for cid in present:
+        mine = [ins for ins in instances if ins["category_id"] == cid]
+        if rng.random() < _UNLABELLED_PROB:
+            continue
+        if len(mine) > 1 and rng.random() < _NOT_EXHAUSTIVE_PROB:
+            mine = mine[:-1]
+            not_exhaustive.append(cid)
+        kept.extend(mine)
+    absent = [c + 1 for c in range(len(LVIS_CLASSES)) if c + 1 not in present]
+    neg = sorted(int(c) for c in rng.choice(absent, size=min(_NUM_NEG, len(absent)),
+                                            replace=False))
+    return kept, not_exhaustive, neg
+
+
+def _annotation(poly: np.ndarray) -> Dict:
+    x0, y0 = poly.min(0)
+    x1, y1 = poly.max(0)
+    rle = mask_util.merge(mask_util.frPyObjects([poly.reshape(-1).tolist()], 1 << 16, 1 << 16))
+    return dict(
+        bbox=[float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+        area=float(mask_util.area(rle)),
+        segmentation=[[round(float(v), 2) for v in poly.reshape(-1)]],
+    )
+
+
+def _categories(images: List[Dict], annotations: List[Dict]) -> List[Dict]:
+    """LVIS categories with image / instance counts and frequency tags from a training
+    split's annotations."""
+    image_sets = [set() for _ in LVIS_CLASSES]
+    instance_counts = [0] * len(LVIS_CLASSES)
+    for ann in annotations:
+        image_sets[ann["category_id"] - 1].add(ann["image_id"])
+        instance_counts[ann["category_id"] - 1] += 1
+    cats = []
+    for i, name in enumerate(LVIS_CLASSES):
+        count = len(image_sets[i])
+        cats.append({"id": i + 1, "name": name, "synonyms": [name],
+                     "def": f"a {name.replace('_', ' ')}", "image_count": count,
+                     "instance_count": instance_counts[i],
+                     "frequency": lvis_frequency(count) if count else "r"})
+    return cats
+
+
+def generate_lvis_split(
+    out_dir: str,
+    num_images: int,
+    image_size: int = 192,
+    seed: int = 0,
+    split_name: str = "train",
+    train_json: str = "",
+) -> str:
+    """Generate one split: ``out_dir/images/<split_name>_<index>.png`` and
+    ``out_dir/annotations.json`` (LVIS v1 format); returns the JSON path.
+
+    The "train" split follows the long tail and defines the categories' ``image_count``,
+    ``instance_count`` and ``frequency``; any other split is class-balanced and copies the
+    categories of ``train_json`` (required), as LVIS val carries train's tags. Each image's
+    ``coco_url`` ends in ``images/<file>``, so that detectron2's ``load_lvis_json`` finds it
+    under the image root ``out_dir + "/"``.
+
+    Deterministic in its arguments; the JSON is written last and atomically, so a complete
+    cached split is reused and an interrupted one regenerated.
+    """
+    num_images, image_size = int(num_images), int(image_size)
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    if image_size < 64:
+        raise ValueError(f"image_size must be >= 64, got {image_size}")
+    is_train = split_name == "train"
+    if not is_train and not train_json:
+        raise ValueError(f"split '{split_name}': the categories come from the training "
+                         "split; pass train_json (the train split's annotations.json)")
+    out_dir = os.fspath(out_dir)
+    image_dir = os.path.join(out_dir, "images")
+    json_file = os.path.join(out_dir, "annotations.json")
+    if _cache_complete(json_file, image_dir, num_images):
+        _say(f"rs_synthetic_lvis: reusing cached split '{split_name}' ({num_images} images) "
+             f"at {out_dir}")
+        return json_file
+
+    train_classes = _train_image_classes(num_images, seed) if is_train else None
+    os.makedirs(image_dir, exist_ok=True)
+    images, annotations = [], []
+    for index in tqdm(range(num_images), desc=f"Generating rs_synthetic_lvis {split_name}",
+                      unit="img", dynamic_ncols=True):
+        if is_train:
+            classes = train_classes[index]
+        else:
+            classes = _val_image_classes(np.random.default_rng([int(seed), int(index), 1]))
+        image, instances = generate_lvis_image(image_size, seed, index, classes)
+        kept, not_exhaustive, neg = _federate(
+            np.random.default_rng([int(seed), int(index), 2]), instances)
+        file_name = f"{split_name}_{index:06d}.png"
+        tmp = os.path.join(image_dir, f"{file_name[:-4]}.tmp{os.getpid()}.png")
+        if not cv2.imwrite(tmp, image):
+            raise OSError(f"could not write {tmp}")
+        os.replace(tmp, os.path.join(image_dir, file_name))
+        image_id = index + 1
+        images.append(dict(id=image_id, file_name=file_name, height=image_size,
+                           width=image_size,
+                           coco_url=f"synthetic://rs_synthetic_lvis/images/{file_name}",
+                           not_exhaustive_category_ids=not_exhaustive,
+                           neg_category_ids=neg))
+        for ins in kept:
+            ann = dict(id=len(annotations) + 1, image_id=image_id,
+                       category_id=ins["category_id"])
+            ann.update(_annotation(ins["polygon"]))
+            annotations.append(ann)
+
+    if is_train:
+        categories = _categories(images, annotations)
+    else:
+        with open(train_json) as f:
+            categories = json.load(f)["categories"]
+    dataset = dict(
+        info=dict(description=f"rs_detectron2 synthetic long-tailed LVIS, split {split_name}",
+                  version=str(LVIS_GENERATOR_VERSION),
+                  generator=dict(num_images=num_images, image_size=image_size, seed=int(seed))),
+        licenses=[],
+        images=images,
+        annotations=annotations,
+        categories=categories,
+    )
+    tmp_json = f"{json_file}.tmp{os.getpid()}"
+    with open(tmp_json, "w") as f:
+        json.dump(dataset, f, separators=(",", ":"))
+    os.replace(tmp_json, json_file)
+    return json_file
