@@ -14,12 +14,13 @@ import detectron2.engine.defaults as d2_defaults
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_argument_parser
-from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 
 import rs_detectron2.engine.trainer as rs_trainer_module
 from rs_detectron2.config import add_rs_config
 from rs_detectron2.engine import RSTrainer, default_rs_setup
+from rs_detectron2.evaluation import OLRPEvaluator, RSLVISEvaluator
 
 from .tiny_launch import TINY_CONFIG, register_tiny_coco
 
@@ -90,15 +91,30 @@ def read_text(path):
 def test_build_evaluator_coco(tiny_data, tmp_path, mask_on, tasks):
     cfg = tiny_cfg(tmp_path, "MODEL.MASK_ON", mask_on)
     evaluator = RSTrainer.build_evaluator(cfg, "rs_tiny_val")
-    assert isinstance(evaluator, COCOEvaluator)
-    assert evaluator._tasks == tasks
-    assert evaluator._distributed
-    assert evaluator._output_dir == os.path.join(str(tmp_path), "inference")
+    assert isinstance(evaluator, DatasetEvaluators)  # COCO AP, then oLRP
+    coco, olrp = evaluator._evaluators
+    assert isinstance(coco, COCOEvaluator) and isinstance(olrp, OLRPEvaluator)
+    assert coco._tasks == tasks
+    assert coco._distributed
+    assert coco._output_dir == os.path.join(str(tmp_path), "inference")
     other = RSTrainer.build_evaluator(cfg, "rs_tiny_val", output_folder=str(tmp_path / "x"))
-    assert other._output_dir == str(tmp_path / "x")
+    assert other._evaluators[0]._output_dir == str(tmp_path / "x")
+    alone = RSTrainer.build_evaluator(tiny_cfg(tmp_path, "TEST.OLRP.ENABLED", False),
+                                      "rs_tiny_val")
+    assert isinstance(alone, COCOEvaluator)
 
 
-@pytest.mark.parametrize("evaluator_type", ["lvis", "pascal_voc", None])
+def test_build_evaluator_lvis(tmp_path):
+    """An LVIS dataset gets LVIS AP (run on numpy 2) with cfg.TEST.DETECTIONS_PER_IMAGE
+    detections per image, and oLRP."""
+    name = "rs_synthetic_lvis_val"  # registered (lazily: nothing is generated here)
+    cfg = tiny_cfg(tmp_path, "MODEL.MASK_ON", True, "TEST.DETECTIONS_PER_IMAGE", 300)
+    lvis, olrp = RSTrainer.build_evaluator(cfg, name)._evaluators
+    assert isinstance(lvis, RSLVISEvaluator) and isinstance(olrp, OLRPEvaluator)
+    assert lvis._tasks == ("bbox", "segm") and lvis._max_dets_per_image == 300
+
+
+@pytest.mark.parametrize("evaluator_type", ["pascal_voc", None])
 def test_build_evaluator_unsupported_type(tmp_path, evaluator_type):
     name = f"rs_test_unsupported_{uuid.uuid4().hex[:8]}"
     DatasetCatalog.register(name, lambda: [])
@@ -212,7 +228,8 @@ def test_train_eval_only_resume(tiny_data, tmp_path, no_synthetic_registration):
             + ["--eval-only", "MODEL.WEIGHTS", out / "model_final.pth", "OUTPUT_DIR", eval_out]
         )
     )
-    assert set(res) == {"bbox"} and "AP" in res["bbox"]
+    assert set(res) == {"bbox", "bbox_oLRP"} and "AP" in res["bbox"]
+    assert 0 <= res["bbox_oLRP"]["oLRP"] <= 100
     eval_log = read_text(eval_out / "log.txt")
     assert "Evaluation results for bbox" in eval_log
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in eval_log

@@ -89,3 +89,34 @@ def test_every_coco_config_is_a_paper_row():
             if f.endswith(".yaml") and not f.startswith("Base-"):
                 shipped.add(f"{folder}/{f}")
     assert shipped == set(ZOO)
+
+
+def test_lvis_config():
+    """LVIS v1 RS-Mask R-CNN: repeat factor sampling at 0.001, multi-scale 640-800, 300
+    detections at score >= 0.60, lr 0.012 at batch 16, 12 epochs of the repeated dataset."""
+    cfg = load("LVISv1-InstanceSegmentation/rs_mask_rcnn_R_50_FPN_1x.yaml")
+    assert cfg.DATASETS.TRAIN == ("lvis_v1_train",) and cfg.DATASETS.TEST == ("lvis_v1_val",)
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 1203 and cfg.MODEL.MASK_ON
+    assert cfg.MODEL.ROI_HEADS.NAME == "RSStandardROIHeads"
+    assert cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler"
+    assert cfg.DATALOADER.REPEAT_THRESHOLD == 0.001
+    assert tuple(cfg.INPUT.MIN_SIZE_TRAIN) == MS_640_800
+    assert cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "choice"
+    assert cfg.TEST.DETECTIONS_PER_IMAGE == 300 and cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == 0.60
+    assert cfg.SOLVER.IMS_PER_BATCH == 16 and cfg.SOLVER.BASE_LR == 0.012
+    assert (cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.WARMUP_FACTOR) == (500, 0.001)
+    # 12 epochs of 100,170 ... 114,868 repeated images (see the config's comment).
+    assert 12 * 100170 / 16 <= cfg.SOLVER.MAX_ITER <= 12 * 114868 / 16 + 1
+    assert [round(s / cfg.SOLVER.MAX_ITER * 12, 2) for s in cfg.SOLVER.STEPS] == [8, 11]
+
+
+def test_synthetic_lvis_config():
+    """The built-in long-tailed data with LVIS's repeat threshold scaled to its size: classes
+    in fewer than 100 training images are repeated, as t = 0.001 does on LVIS's ~100k."""
+    cfg = load("Synthetic/rs_mask_rcnn_R_18_FPN_lvis.yaml")
+    assert cfg.DATASETS.TRAIN == ("rs_synthetic_lvis_train",)
+    assert cfg.DATASETS.TEST == ("rs_synthetic_lvis_val",)
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 36 and cfg.MODEL.MASK_ON
+    assert cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler"
+    assert cfg.DATALOADER.REPEAT_THRESHOLD == 100 / cfg.DATASETS.RS_SYNTHETIC_LVIS.NUM_TRAIN
+    assert cfg.TEST.DETECTIONS_PER_IMAGE == 300 and cfg.INPUT.MASK_FORMAT == "polygon"

@@ -63,6 +63,9 @@ def test_train_eval_only_and_resume(tmp_path):
     )
     assert "Evaluation results for bbox" in evaluated and "Evaluation results for segm" in evaluated
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in evaluated
+    for task in ("bbox", "segm"):  # oLRP beside AP, with each class's optimal threshold
+        assert f"copypaste: Task: {task}_oLRP" in evaluated
+        assert (tmp_path / "eval" / "inference" / f"olrp_thresholds_{task}.json").is_file()
     for task in ("bbox", "segm"):  # the checkpoint gives the AP printed after training
         assert printed_ap(evaluated, task) == printed_ap(log, task)
 
@@ -107,3 +110,43 @@ def test_cpu_demo_meets_its_time_and_ap_bars(tmp_path):
         "--config-file", CONFIG, "--eval-only", *opts, "MODEL.WEIGHTS", str(out / "model_final.pth")
     )
     assert printed_ap(evaluated, "bbox") == box_ap and printed_ap(evaluated, "segm") == mask_ap
+
+
+LVIS_CONFIG = os.path.join(ROOT, "configs", "Synthetic", "rs_mask_rcnn_R_18_FPN_lvis.yaml")
+
+
+def tiny_lvis_opts(data_root, output_dir, max_iter):
+    return [
+        "DATASETS.RS_SYNTHETIC_LVIS.ROOT", str(data_root),
+        "DATASETS.RS_SYNTHETIC_LVIS.NUM_TRAIN", "40",
+        "DATASETS.RS_SYNTHETIC_LVIS.NUM_VAL", "6",
+        "DATASETS.RS_SYNTHETIC_LVIS.IMAGE_SIZE", "96",
+        "DATALOADER.REPEAT_THRESHOLD", "0.3",
+        "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
+        "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96",
+        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(max_iter),
+        "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "()",
+        "DATALOADER.NUM_WORKERS", "0",
+        "OUTPUT_DIR", str(output_dir),
+    ]
+
+
+def test_lvis_training_with_repeat_factors_then_eval_only(tmp_path):
+    """The LVIS config trains with repeat factor sampling, then prints LVIS AP (with APr /
+    APc / APf) and oLRP; --eval-only on its checkpoint prints the same."""
+    out = tmp_path / "out"
+    log = train_net("--config-file", LVIS_CONFIG, *tiny_lvis_opts(tmp_path / "data", out, 3))
+    assert "Using training sampler RepeatFactorTrainingSampler" in log
+    evaluated = train_net(
+        "--config-file", LVIS_CONFIG, "--eval-only", "MODEL.WEIGHTS", str(out / "model_final.pth"),
+        *tiny_lvis_opts(tmp_path / "data", tmp_path / "eval", 3),
+    )
+    for text in (log, evaluated):
+        for task in ("bbox", "segm"):
+            assert f"Evaluation results for {task}" in text
+            assert f"copypaste: Task: {task}_oLRP" in text
+        assert "APr" in text and "APc" in text and "APf" in text
+        assert "copypaste: oLRP,oLRP_loc,oLRP_FP,oLRP_FN" in text
+    assert (tmp_path / "eval" / "inference" / "olrp_thresholds_bbox.json").exists()
+    for task in ("bbox", "segm"):
+        assert printed_ap(evaluated, task) == printed_ap(log, task)

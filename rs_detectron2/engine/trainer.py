@@ -2,8 +2,9 @@
 
 :class:`RSTrainer` is detectron2's :class:`~detectron2.engine.DefaultTrainer` (hooks,
 checkpointer, ``resume_or_load``, ``test``, LR scheduler, ``cfg.DATALOADER.SAMPLER_TRAIN``
-...) with two changes: it picks its evaluator from the dataset's ``evaluator_type``, and
-multi-process training works on a CPU-only machine (gloo backend, no GPU).
+incl. ``RepeatFactorTrainingSampler`` ...) with two changes: it picks its evaluators from
+the dataset's ``evaluator_type`` (COCO or LVIS AP, plus oLRP), and multi-process training
+works on a CPU-only machine (gloo backend, no GPU).
 """
 import argparse
 import contextlib
@@ -18,12 +19,17 @@ import detectron2.engine.defaults as _d2_defaults
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_setup
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_rs_config
-from ..data import register_rs_synthetic_from_cfg, register_rs_synthetic_hard_from_cfg
+from ..data import (
+    register_rs_synthetic_from_cfg,
+    register_rs_synthetic_hard_from_cfg,
+    register_rs_synthetic_lvis_from_cfg,
+)
+from ..evaluation import OLRPEvaluator, RSLVISEvaluator
 from ..modeling.backbone import check_deformable_backbone
 
 __all__ = ["RSTrainer", "default_rs_setup", "fall_back_to_cpu"]
@@ -96,26 +102,39 @@ class RSTrainer(DefaultTrainer):
     def build_evaluator(
         cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
     ) -> DatasetEvaluator:
-        """The evaluator of ``dataset_name`` for its metadata's ``evaluator_type``.
+        """The evaluators of ``dataset_name`` for its metadata's ``evaluator_type``.
 
-        "coco": :class:`COCOEvaluator` on "bbox" (and "segm" when ``cfg.MODEL.MASK_ON``),
-        writing to ``output_folder`` (default ``cfg.OUTPUT_DIR/inference``).
+        "coco": :class:`COCOEvaluator`; "lvis": detectron2's LVIS evaluator (AP with APr /
+        APc / APf) made to run on numpy 2 (:class:`RSLVISEvaluator`), at most
+        ``cfg.TEST.DETECTIONS_PER_IMAGE`` detections per image. Both on "bbox" (and "segm"
+        when ``cfg.MODEL.MASK_ON``), writing to ``output_folder`` (default
+        ``cfg.OUTPUT_DIR/inference``), and, when ``cfg.TEST.OLRP.ENABLED``, beside an
+        :class:`OLRPEvaluator` on the same tasks (oLRP tables and per-class optimal score
+        thresholds in ``olrp_thresholds_<task>.json``).
         Any other type raises ``NotImplementedError`` (which ``DefaultTrainer.test`` reports
         as "no evaluator" and skips the dataset).
         """
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
         if evaluator_type == "coco":
-            tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-            return COCOEvaluator(
-                dataset_name, tasks=tasks, distributed=True, output_dir=output_folder
+            ap = COCOEvaluator(dataset_name, tasks=tasks, distributed=True,
+                               output_dir=output_folder)
+        elif evaluator_type == "lvis":
+            ap = RSLVISEvaluator(dataset_name, tasks=tasks, distributed=True,
+                                 output_dir=output_folder,
+                                 max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
+        else:
+            raise NotImplementedError(
+                f"RSTrainer has no evaluator for dataset '{dataset_name}' with evaluator_type "
+                f"'{evaluator_type}': only 'coco' and 'lvis' are supported."
             )
-        raise NotImplementedError(
-            f"RSTrainer has no evaluator for dataset '{dataset_name}' with evaluator_type "
-            f"'{evaluator_type}': only 'coco' is supported"
-            + (" (LVISEvaluator is not wired in yet)." if evaluator_type == "lvis" else ".")
-        )
+        if not cfg.TEST.OLRP.ENABLED:
+            return ap
+        olrp = OLRPEvaluator(dataset_name, tasks=tasks, distributed=True,
+                             output_dir=output_folder)
+        return DatasetEvaluators([ap, olrp])
 
 
 def fall_back_to_cpu(cfg: CfgNode) -> Optional[str]:
@@ -134,7 +153,8 @@ def default_rs_setup(args: argparse.Namespace) -> CfgNode:
     Like the ``setup`` of detectron2's ``tools/train_net.py``: ``get_cfg()`` +
     :func:`add_rs_config`, merge ``args.config_file`` (optional) and ``args.opts``, fall
     back to the CPU when the config asks for CUDA and none is available, register the
-    built-in synthetic datasets (shapes and hard glyphs) with the config's sizes, freeze, then
+    built-in synthetic datasets (shapes, hard glyphs, long-tailed LVIS) with the config's
+    sizes, freeze, then
     :func:`~detectron2.engine.default_setup` and the "rs_detectron2" logger.
 
     Args:
@@ -148,6 +168,7 @@ def default_rs_setup(args: argparse.Namespace) -> CfgNode:
     device_message = fall_back_to_cpu(cfg)
     register_rs_synthetic_from_cfg(cfg)
     register_rs_synthetic_hard_from_cfg(cfg)
+    register_rs_synthetic_lvis_from_cfg(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     # Like detectron2's projects: the package's own loggers ("rs_detectron2.*") also go to
