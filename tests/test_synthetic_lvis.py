@@ -93,6 +93,10 @@ def test_records_and_files(lvis_data):
     for ann in rec["annotations"]:
         assert 0 <= ann["category_id"] < 36 and ann["bbox_mode"] == BoxMode.XYWH_ABS
         assert isinstance(ann["segmentation"], list)  # polygons, like LVIS
+    # LVIS's area ranges use "area": the pixel count of the polygon's mask.
+    for ann in lvis_data["val_json"]["annotations"][:50]:
+        mask = polygons_to_bitmask(ann["segmentation"], SIZE, SIZE)
+        assert ann["area"] == mask.sum() and 0 < ann["area"] <= ann["bbox"][2] * ann["bbox"][3]
     meta = MetadataCatalog.get("rs_synthetic_lvis_val")
     assert meta.evaluator_type == "lvis" and meta.thing_classes == list(LVIS_CLASSES)
     LVIS(meta.json_file)  # the lvis package reads it

@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 # Bump whenever the generated images or annotations change: it is part of the cache path.
-LVIS_GENERATOR_VERSION = 1
+LVIS_GENERATOR_VERSION = 2
 
 # Colour name -> BGR (OpenCV order), far apart from each other.
 _COLOURS = {
@@ -214,10 +214,13 @@ def _federate(rng: np.random.Generator, instances: List[Dict]) -> Tuple[List[Dic
     return kept, not_exhaustive, neg
 
 
-def _annotation(poly: np.ndarray) -> Dict:
+def _annotation(poly: np.ndarray, image_size: int) -> Dict:
+    """LVIS fields of an instance: its polygon, the polygon's box and the pixel area of its
+    mask (what LVIS's area ranges use)."""
     x0, y0 = poly.min(0)
     x1, y1 = poly.max(0)
-    rle = mask_util.merge(mask_util.frPyObjects([poly.reshape(-1).tolist()], 1 << 16, 1 << 16))
+    rle = mask_util.merge(mask_util.frPyObjects([poly.reshape(-1).tolist()], image_size,
+                                                image_size))
     return dict(
         bbox=[float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
         area=float(mask_util.area(rle)),
@@ -306,7 +309,7 @@ def generate_lvis_split(
         for ins in kept:
             ann = dict(id=len(annotations) + 1, image_id=image_id,
                        category_id=ins["category_id"])
-            ann.update(_annotation(ins["polygon"]))
+            ann.update(_annotation(ins["polygon"], image_size))
             annotations.append(ann)
 
     if is_train:
