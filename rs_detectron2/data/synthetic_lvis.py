@@ -175,7 +175,7 @@ def generate_lvis_image(image_size: int, seed: int, index: int, classes: Sequenc
             colour = np.clip(base + rng.uniform(-_COLOUR_JITTER, _COLOUR_JITTER, 3), 0, 255)
             for _try in range(_PLACE_TRIES):
                 centre = rng.uniform(extent, size - extent)
-                poly = obj + centre
+                poly = np.round(obj + centre, 2)  # as written to the JSON
                 mask = _rasterise(poly, size)
                 if mask.sum() < 12:
                     break
@@ -224,7 +224,7 @@ def _annotation(poly: np.ndarray, image_size: int) -> Dict:
     return dict(
         bbox=[float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
         area=float(mask_util.area(rle)),
-        segmentation=[[round(float(v), 2) for v in poly.reshape(-1)]],
+        segmentation=[[float(v) for v in poly.reshape(-1)]],
     )
 
 
