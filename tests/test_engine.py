@@ -19,6 +19,7 @@ from detectron2.utils import comm
 
 import rs_detectron2.engine.trainer as rs_trainer_module
 from rs_detectron2.config import add_rs_config
+from rs_detectron2.data import prepare_rs_synthetic, register_rs_synthetic_lvis
 from rs_detectron2.engine import RSTrainer, default_rs_setup
 from rs_detectron2.evaluation import OLRPEvaluator, RSLVISEvaluator
 
@@ -107,7 +108,10 @@ def test_build_evaluator_coco(tiny_data, tmp_path, mask_on, tasks):
 def test_build_evaluator_lvis(tmp_path):
     """An LVIS dataset gets LVIS AP (run on numpy 2) with cfg.TEST.DETECTIONS_PER_IMAGE
     detections per image, and oLRP."""
-    name = "rs_synthetic_lvis_val"  # registered (lazily: nothing is generated here)
+    register_rs_synthetic_lvis(root=str(tmp_path / "data"), num_train=12, num_val=3,
+                               image_size=96)
+    name = "rs_synthetic_lvis_val"
+    prepare_rs_synthetic(name)  # LVISEvaluator reads the annotation file when built
     cfg = tiny_cfg(tmp_path, "MODEL.MASK_ON", True, "TEST.DETECTIONS_PER_IMAGE", 300)
     lvis, olrp = RSTrainer.build_evaluator(cfg, name)._evaluators
     assert isinstance(lvis, RSLVISEvaluator) and isinstance(olrp, OLRPEvaluator)
