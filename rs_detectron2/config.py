@@ -25,6 +25,19 @@ def add_rs_config(cfg: CN) -> None:
     # the RoIs; same results up to float summation order. Other devices use torchvision.
     cfg.MODEL.RS.SPARSE_CPU_ROI_ALIGN = True
 
+    # RSRetinaNet (one-stage): anchor assignment, "atss" (RS-ATSS) or "iou" (detectron2's
+    # RetinaNet matcher with MODEL.RETINANET.IOU_THRESHOLDS / IOU_LABELS: RS-RetinaNet).
+    cfg.MODEL.RS.ONE_STAGE_ASSIGNER = "atss"
+    # ATSS: candidate anchors per pyramid level and ground truth (closest centres).
+    cfg.MODEL.RS.ATSS_TOPK = 9
+    # RSRetinaNet's head, by name in RS_ONE_STAGE_HEAD_REGISTRY: "RSATSSHead" (a learnable
+    # scale per level on the box deltas, no centerness) or detectron2's "RetinaNetHead".
+    cfg.MODEL.RS.ONE_STAGE_HEAD = "RSATSSHead"
+    # P6/P7 of the one-stage FPN backbones (build_retinanet_*_fpn_backbone of
+    # rs_detectron2.modeling.backbone): "P5_NO_RELU" (published ATSS: P6 from P5's output,
+    # no ReLU before P7) or "RES5_RELU" (detectron2's RetinaNet).
+    cfg.MODEL.RS.P6P7_TOP_BLOCK = "P5_NO_RELU"
+
     # RSCascadeROIHeads: the published (mmdetection) cascade where it needs code; each
     # default is the published behaviour. False / True / False would be detectron2's.
     cfg.MODEL.RS.CASCADE = CN()

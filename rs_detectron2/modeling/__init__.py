@@ -6,9 +6,13 @@ from .rs_mask_head import RSMaskRCNNConvUpsampleHead, weighted_dice_loss
 from .rs_roi_heads import RSStandardROIHeads
 from .rs_rpn import RSRPN
 from .backbone import build_small_resnet, build_small_resnet_fpn_backbone
+from .meta_arch import RSATSSHead, RSRetinaNet, atss_match
 
 __all__ = [
     "RSRPN",
+    "RSRetinaNet",
+    "RSATSSHead",
+    "atss_match",
     "RSStandardROIHeads",
     "RSCascadeROIHeads",
     "RSFastRCNNOutputLayers",

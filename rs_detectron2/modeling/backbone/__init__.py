@@ -18,10 +18,18 @@ from .carafe_fpn import (
     carafe,
 )
 from .small_resnet import build_small_resnet, build_small_resnet_fpn_backbone
+from .retinanet_fpn import (
+    LastLevelP6P7FromP5,
+    build_retinanet_resnet_p3p7_fpn_backbone,
+    build_retinanet_small_resnet_fpn_backbone,
+)
 
 __all__ = [
     "build_small_resnet",
     "build_small_resnet_fpn_backbone",
+    "LastLevelP6P7FromP5",
+    "build_retinanet_resnet_p3p7_fpn_backbone",
+    "build_retinanet_small_resnet_fpn_backbone",
     "carafe",
     "CARAFE",
     "CARAFEUpsample",

@@ -1,0 +1,162 @@
+"""RS-RetinaNet and RS-ATSS: detectron2's RetinaNet meta-architecture trained with RS Loss.
+
+:class:`RSRetinaNet` subclasses detectron2's :class:`~detectron2.modeling.RetinaNet` and
+changes only:
+
+* the losses: RS Loss over all anchors x classes of the batch (a positive's target at its
+  class is the IoU of its decoded box with its ground truth), GIoU on decoded boxes weighted
+  by each positive's highest class score, balanced to the RS loss (no other weight);
+* the assignment (``label_anchors``): ``MODEL.RS.ONE_STAGE_ASSIGNER`` "iou" is detectron2's
+  RetinaNet matcher (RS-RetinaNet), "atss" is ATSS (RS-ATSS, :func:`.atss.atss_match`);
+* the head, built by name from ``RS_ONE_STAGE_HEAD_REGISTRY`` (``MODEL.RS.ONE_STAGE_HEAD``):
+  detectron2's ``RetinaNetHead`` or :class:`RSATSSHead` (no centerness branch);
+* the candidates kept per level at inference (``_decode_per_level_predictions``): the
+  published top-k anchors by highest class score, see there.
+"""
+from typing import Dict, List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from detectron2.config import configurable
+from detectron2.layers import cat
+from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
+from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import get_event_storage
+from detectron2.utils.registry import Registry
+
+from rs_detectron2.losses import rank_sort_loss
+
+from ..rs_box_losses import balance_to, localisation_quality, score_weighted_giou_loss
+from .atss import atss_match
+
+__all__ = ["RSRetinaNet", "RSATSSHead", "RS_ONE_STAGE_HEAD_REGISTRY", "ASSIGNERS"]
+
+RS_ONE_STAGE_HEAD_REGISTRY = Registry("RS_ONE_STAGE_HEAD")
+RS_ONE_STAGE_HEAD_REGISTRY.__doc__ = """Heads of RSRetinaNet: called with (cfg, feature
+shapes), return per-level class logits and box deltas as detectron2's RetinaNetHead."""
+RS_ONE_STAGE_HEAD_REGISTRY.register(RetinaNetHead)
+
+ASSIGNERS = ("atss", "iou")
+
+
+@RS_ONE_STAGE_HEAD_REGISTRY.register()
+class RSATSSHead(RetinaNetHead):
+    """The RS-ATSS head: detectron2's RetinaNet head (towers of ``MODEL.RETINANET.NUM_CONVS``
+    conv 3x3 + ``MODEL.RETINANET.NORM`` ("GN": GroupNorm(32)) + ReLU, classifier N(0, 0.01)
+    with bias prior ``PRIOR_PROB``) plus one learnable scalar per level multiplying the box
+    deltas. No centerness branch: RS Loss's IoU targets already rank by localisation."""
+
+    @configurable
+    def __init__(self, *, input_shape, **kwargs):
+        super().__init__(input_shape=input_shape, **kwargs)
+        self.scales = nn.Parameter(torch.ones(len(input_shape)))
+
+    def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+        logits, bbox_reg = super().forward(features)
+        return logits, [reg * scale for reg, scale in zip(bbox_reg, self.scales)]
+
+
+@META_ARCH_REGISTRY.register()
+class RSRetinaNet(RetinaNet):
+    """detectron2's RetinaNet trained with RS Loss (RS-RetinaNet, or RS-ATSS with the ATSS
+    assigner and head); see the module docstring for what differs."""
+
+    @configurable
+    def __init__(self, *, assigner: str = "atss", atss_topk: int = 9, delta: float = 0.5,
+                 **kwargs):
+        """
+        Args:
+            assigner: "atss" or "iou" (detectron2's matcher, ``anchor_matcher``).
+            atss_topk: ATSS candidates per level and ground truth.
+            delta: smoothing of RS Loss.
+            kwargs: arguments of detectron2's :class:`RetinaNet`.
+        """
+        super().__init__(**kwargs)
+        if assigner not in ASSIGNERS:
+            raise ValueError(f"MODEL.RS.ONE_STAGE_ASSIGNER must be one of {ASSIGNERS}, "
+                             f"got {assigner!r}")
+        self.assigner = assigner
+        self.atss_topk = int(atss_topk)
+        self.delta = delta
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        shapes = ret["backbone"].output_shape()
+        feature_shapes = [shapes[f] for f in cfg.MODEL.RETINANET.IN_FEATURES]
+        ret["head"] = RS_ONE_STAGE_HEAD_REGISTRY.get(cfg.MODEL.RS.ONE_STAGE_HEAD)(
+            cfg, feature_shapes)
+        ret.update(assigner=cfg.MODEL.RS.ONE_STAGE_ASSIGNER, atss_topk=cfg.MODEL.RS.ATSS_TOPK,
+                   delta=cfg.MODEL.RS.DELTA)
+        return ret
+
+    @torch.no_grad()
+    def label_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
+        """detectron2's IoU matcher ("iou"), or ATSS ("atss"); same outputs: per image the
+        class of each anchor (``num_classes`` = background, -1 = ignored, never with ATSS)
+        and its matched ground-truth box."""
+        if self.assigner == "iou":
+            return super().label_anchors(anchors, gt_instances)
+        gt_labels, matched_gt_boxes = [], []
+        for gt in gt_instances:
+            matched_idxs, positive = atss_match(anchors, gt.gt_boxes, self.atss_topk)
+            labels = torch.full_like(matched_idxs, self.num_classes)
+            if len(gt) > 0:
+                labels[positive] = gt.gt_classes[matched_idxs[positive]]
+                boxes = gt.gt_boxes.tensor[matched_idxs]
+            else:
+                boxes = torch.zeros(len(matched_idxs), 4, device=matched_idxs.device)
+            gt_labels.append(labels)
+            matched_gt_boxes.append(boxes)
+        return gt_labels, matched_gt_boxes
+
+    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes
+               ) -> Dict[str, Tensor]:
+        """``loss_rank``, ``loss_sort`` (RS Loss over all anchors x classes of the batch)
+        and ``loss_box`` (score-weighted GIoU balanced to their sum)."""
+        num_images = len(gt_labels)
+        gt_labels = torch.stack(gt_labels)  # (N, R): class, num_classes = bg, -1 ignored
+        logits = cat(pred_logits, dim=1)  # (N, R, K)
+        valid = gt_labels >= 0
+        pos = valid & (gt_labels != self.num_classes)
+        image_idx, anchor_idx = pos.nonzero(as_tuple=True)
+        pos_classes = gt_labels[image_idx, anchor_idx]
+
+        all_anchors = Boxes.cat(anchors).tensor
+        deltas = cat(pred_anchor_deltas, dim=1)[image_idx, anchor_idx]
+        pred_boxes = self.box2box_transform.apply_deltas(deltas, all_anchors[anchor_idx])
+        matched_gt = torch.stack(gt_boxes)[image_idx, anchor_idx]
+
+        targets = torch.zeros_like(logits)
+        targets[image_idx, anchor_idx, pos_classes] = localisation_quality(
+            pred_boxes, matched_gt).to(targets.dtype)
+        # Ignored anchors (-1 of the IoU matcher) take no part: -1 targets for all classes.
+        targets[~valid] = -1.0
+        loss_rank, loss_sort = rank_sort_loss(logits.flatten(), targets.flatten(), self.delta)
+
+        weights = logits[image_idx, anchor_idx].detach().sigmoid().max(dim=1).values
+        loss_box = score_weighted_giou_loss(pred_boxes, matched_gt, weights)
+        loss_box, coefficient = balance_to(loss_box, loss_rank + loss_sort)
+
+        storage = get_event_storage()
+        storage.put_scalar("num_pos_anchors", pos.sum().item() / num_images)
+        storage.put_scalar("box_balance", coefficient)
+        return {"loss_rank": loss_rank, "loss_sort": loss_sort, "loss_box": loss_box}
+
+    def _decode_per_level_predictions(self, anchors: Boxes, pred_scores: Tensor,
+                                      pred_deltas: Tensor, score_thresh: float,
+                                      topk_candidates: int, image_size: Tuple[int, int]
+                                      ) -> Instances:
+        """The published selection: keep the ``topk_candidates`` anchors of the level with
+        the highest class score, then every (anchor, class) of those above
+        ``score_thresh``. (detectron2's RetinaNet keeps the top-k (anchor, class) pairs.)"""
+        max_scores = pred_scores.max(dim=1).values
+        top = max_scores.topk(min(topk_candidates, len(max_scores))).indices
+        anchor_idx, class_idx = (pred_scores[top] > score_thresh).nonzero(as_tuple=True)
+        anchor_idx = top[anchor_idx]
+        boxes = self.box2box_transform.apply_deltas(pred_deltas[anchor_idx],
+                                                    anchors.tensor[anchor_idx])
+        return Instances(image_size, pred_boxes=Boxes(boxes),
+                         scores=pred_scores[anchor_idx, class_idx], pred_classes=class_idx)
