@@ -1,14 +1,16 @@
 #!/usr/bin/env python
-"""Compare RS-R-CNN with detectron2's stock R-CNN on the built-in synthetic datasets.
+"""Compare RS detectors with detectron2's stock ones on the built-in synthetic datasets.
 
 For each dataset (``rs_synthetic``, ``rs_synthetic_hard``) and each pair (``faster``,
-``mask``) it trains detectron2's stock model and the RS model of the same setting::
+``mask``, ``atss``) it trains detectron2's stock model and the RS model of the same setting::
 
     dataset            pair    RS config (configs/Synthetic/)     stock config
     rs_synthetic       faster  rs_faster_rcnn_R_18_FPN.yaml       faster_rcnn_R_18_FPN.yaml
     rs_synthetic       mask    rs_mask_rcnn_R_18_FPN.yaml         mask_rcnn_R_18_FPN.yaml
     rs_synthetic_hard  faster  rs_faster_rcnn_R_18_FPN_hard.yaml  faster_rcnn_R_18_FPN_hard.yaml
     rs_synthetic_hard  mask    rs_mask_rcnn_R_18_FPN_hard.yaml    mask_rcnn_R_18_FPN_hard.yaml
+    rs_synthetic       atss    rs_atss_R_18_FPN.yaml              retinanet_R_18_FPN.yaml
+    rs_synthetic_hard  atss    rs_atss_R_18_FPN_hard.yaml         retinanet_R_18_FPN_hard.yaml
 
 The two configs of a pair share backbone, input size, schedule (cosine, warmup, gradient
 clipping), batch and data; only the heads and their losses differ (the script warns if
@@ -131,6 +133,8 @@ DATASETS: Dict[str, Dict[str, Any]] = OrderedDict(
                     "configs/Synthetic/faster_rcnn_R_18_FPN.yaml"),
             mask=("configs/Synthetic/rs_mask_rcnn_R_18_FPN.yaml",
                   "configs/Synthetic/mask_rcnn_R_18_FPN.yaml"),
+            atss=("configs/Synthetic/rs_atss_R_18_FPN.yaml",
+                  "configs/Synthetic/retinanet_R_18_FPN.yaml"),
         ),
     ),
     rs_synthetic_hard=dict(
@@ -142,23 +146,28 @@ DATASETS: Dict[str, Dict[str, Any]] = OrderedDict(
                     "configs/Synthetic/faster_rcnn_R_18_FPN_hard.yaml"),
             mask=("configs/Synthetic/rs_mask_rcnn_R_18_FPN_hard.yaml",
                   "configs/Synthetic/mask_rcnn_R_18_FPN_hard.yaml"),
+            atss=("configs/Synthetic/rs_atss_R_18_FPN_hard.yaml",
+                  "configs/Synthetic/retinanet_R_18_FPN_hard.yaml"),
         ),
     ),
 )
-PAIRS = ("faster", "mask")
+PAIRS = ("faster", "mask", "atss")
 SIDES = ("stock", "rs")  # run order within a pair
 MODEL_NAMES = {
     ("faster", "stock"): "Faster R-CNN (detectron2)",
     ("faster", "rs"): "RS-Faster R-CNN",
     ("mask", "stock"): "Mask R-CNN (detectron2)",
     ("mask", "rs"): "RS-Mask R-CNN",
+    ("atss", "stock"): "RetinaNet (detectron2)",
+    ("atss", "rs"): "RS-ATSS",
 }
 DEFAULT_LRS = {"rs": (0.01, 0.02, 0.03), "stock": (0.01, 0.03, 0.06)}
 DEFAULT_MAX_ITER = 1000
 # Assumptions of the time estimate when no finished run has measured them (2-core CPU).
 ASSUMED_S_PER_ITER = {("faster", "stock"): 0.13, ("faster", "rs"): 0.135,
-                      ("mask", "stock"): 0.16, ("mask", "rs"): 0.17}
-ASSUMED_S_PER_EVAL_IMAGE = {"faster": 0.03, "mask": 0.07}
+                      ("mask", "stock"): 0.16, ("mask", "rs"): 0.17,
+                      ("atss", "stock"): 0.11, ("atss", "rs"): 0.12}
+ASSUMED_S_PER_EVAL_IMAGE = {"faster": 0.03, "mask": 0.07, "atss": 0.03}
 ASSUMED_STARTUP_S = 15.0
 # Overrides that may differ between the runs of one output directory without making
 # their results incomparable.
@@ -615,7 +624,8 @@ class Planner:
                 "SOLVER.MAX_ITER", "SOLVER.CLIP_GRADIENTS", "SOLVER.MOMENTUM",
                 "SOLVER.WEIGHT_DECAY", "INPUT", "MODEL.BACKBONE", "MODEL.RESNETS", "MODEL.FPN",
                 "MODEL.MASK_ON", "DATASETS.TRAIN", "DATASETS.TEST", "SEED",
-                "MODEL.ROI_HEADS.NUM_CLASSES", "DATALOADER"]
+                "MODEL.ROI_HEADS.NUM_CLASSES", "MODEL.RETINANET.NUM_CLASSES",
+                "MODEL.ANCHOR_GENERATOR.SIZES", "DATALOADER"]
         diffs = []
         for key in keys:
             va, vb = a, b

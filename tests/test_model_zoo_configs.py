@@ -82,13 +82,56 @@ def test_resnext_is_64x4d():
     assert not cfg.MODEL.RESNETS.STRIDE_IN_1X1 and cfg.INPUT.FORMAT == "RGB"
 
 
+# One-stage configs (RSRetinaNet): config -> (assigner, head, P6/P7, anchors per location,
+# paper's box AP or None where the paper has no such row).
+ONE_STAGE = {
+    "COCO-Detection/rs_atss_R_50_FPN_1x.yaml": ("atss", "RSATSSHead", "P5_NO_RELU", 3, "39.9"),
+    "COCO-Detection/rs_retinanet_R_50_FPN_1x.yaml": ("iou", "RetinaNetHead", "RES5_RELU", 9, None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ONE_STAGE))
+def test_one_stage_model(name):
+    """RS-ATSS as published (HEADS_SPEC.md): ATSS, GN towers with per-level scales, P6 from
+    P5 without ReLU, ratio 1 x 3 scales, deltas (10, 10, 5, 5), lr 0.008 at batch 16, weight
+    decay on GroupNorm, the 1x schedule; RS-RetinaNet: detectron2's anchors and matcher."""
+    assigner, head, top_block, per_location, box_ap = ONE_STAGE[name]
+    cfg = load(name)
+    assert cfg.MODEL.META_ARCHITECTURE == "RSRetinaNet"
+    assert (cfg.MODEL.RS.ONE_STAGE_ASSIGNER, cfg.MODEL.RS.ONE_STAGE_HEAD,
+            cfg.MODEL.RS.P6P7_TOP_BLOCK) == (assigner, head, top_block)
+    sizes, ratios = cfg.MODEL.ANCHOR_GENERATOR.SIZES, cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS
+    assert len(sizes[0]) * len(ratios[0]) == per_location
+    for level, stride in enumerate((8, 16, 32, 64, 128)):  # 3 scales per octave, base 4
+        assert [round(s / stride, 3) for s in sizes[level]] == [4.0, 5.04, 6.35]
+    assert cfg.MODEL.RESNETS.DEPTH == 50 and cfg.MODEL.RETINANET.IN_FEATURES == \
+        ["p3", "p4", "p5", "p6", "p7"]
+    assert (cfg.MODEL.RETINANET.SCORE_THRESH_TEST, cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST,
+            cfg.MODEL.RETINANET.NMS_THRESH_TEST, cfg.TEST.DETECTIONS_PER_IMAGE) == \
+        (0.05, 1000, 0.6, 100)
+    if assigner == "atss":
+        assert cfg.MODEL.RETINANET.NORM == "GN" and cfg.MODEL.RS.ATSS_TOPK == 9
+        assert tuple(cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS) == (10.0, 10.0, 5.0, 5.0)
+    assert cfg.SOLVER.IMS_PER_BATCH == 16 and cfg.SOLVER.BASE_LR == 0.008
+    assert cfg.SOLVER.WEIGHT_DECAY_NORM == 0.0001
+    assert (cfg.SOLVER.WARMUP_METHOD, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.WARMUP_FACTOR) == \
+        ("linear", 500, 0.001)
+    assert abs(cfg.SOLVER.MAX_ITER - 12 * EPOCH) < 1
+    with open(os.path.join(ROOT, "configs", name)) as f:
+        header = "".join(line for line in f if line.startswith("#"))
+    if box_ap is not None:
+        assert re.search(r"paper[^)]*\b" + re.escape(box_ap) + r" box AP", header), header
+    else:
+        assert "no paper number" in header
+
+
 def test_every_coco_config_is_a_paper_row():
     shipped = set()
     for folder in ("COCO-Detection", "COCO-InstanceSegmentation"):
         for f in os.listdir(os.path.join(ROOT, "configs", folder)):
             if f.endswith(".yaml") and not f.startswith("Base-"):
                 shipped.add(f"{folder}/{f}")
-    assert shipped == set(ZOO)
+    assert shipped == set(ZOO) | set(ONE_STAGE)
 
 
 def test_lvis_config():

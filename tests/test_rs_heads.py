@@ -282,7 +282,12 @@ def test_every_config_trains_one_iteration(config):
     assert torch.isfinite(total)
     total.backward()
     optimizer.step()
-    if cfg.MODEL.PROPOSAL_GENERATOR.NAME == "RSRPN":
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch == "RSRetinaNet":  # one-stage RS
+        assert set(losses) == {"loss_rank", "loss_sort", "loss_box"}
+    elif arch == "RetinaNet":  # detectron2's stock one-stage baseline
+        assert set(losses) == {"loss_cls", "loss_box_reg"}
+    elif cfg.MODEL.PROPOSAL_GENERATOR.NAME == "RSRPN":
         assert {"loss_rpn_rank", "loss_rpn_sort", "loss_rpn_box"} <= set(losses)
     else:  # detectron2's stock baselines of the comparison
         assert {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"} <= set(losses)

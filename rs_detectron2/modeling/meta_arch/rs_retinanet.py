@@ -101,7 +101,9 @@ class RSRetinaNet(RetinaNet):
             return super().label_anchors(anchors, gt_instances)
         gt_labels, matched_gt_boxes = [], []
         for gt in gt_instances:
-            matched_idxs, positive = atss_match(anchors, gt.gt_boxes, self.atss_topk)
+            matched_idxs, positive = atss_match(
+                anchors, gt.gt_boxes, self.atss_topk,
+                anchors_per_location=self.anchor_generator.num_cell_anchors[0])
             labels = torch.full_like(matched_idxs, self.num_classes)
             if len(gt) > 0:
                 labels[positive] = gt.gt_classes[matched_idxs[positive]]
