@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Benchmark: seconds per training iteration, stock detectron2 R-CNN vs its RS version.
 
-Two pairs at R-50-FPN, 80 classes, random weights (MODEL.WEIGHTS "", nothing is loaded):
+Pairs at R-50-FPN, 80 classes, random weights (MODEL.WEIGHTS "", nothing is loaded):
 detectron2's model-zoo Faster R-CNN vs configs/COCO-Detection/rs_faster_rcnn_R_50_FPN_1x.yaml,
-and Mask R-CNN vs configs/COCO-InstanceSegmentation/rs_mask_rcnn_R_50_FPN_1x.yaml.
+Mask R-CNN vs configs/COCO-InstanceSegmentation/rs_mask_rcnn_R_50_FPN_1x.yaml (default), and
+RetinaNet vs configs/COCO-Detection/rs_atss_R_50_FPN_1x.yaml (``--pairs atss``).
 One iteration is what detectron2's SimpleTrainer does: zero_grad, forward in training mode
 (under an EventStorage), sum of the losses, backward, SGD step (detectron2's
 ``build_optimizer``). The batch (default 2 random 800x1067 images, 7 random GT boxes each,
@@ -64,6 +65,8 @@ PAIRS = {
                "configs/COCO-Detection/rs_faster_rcnn_R_50_FPN_1x.yaml", False),
     "mask": ("Mask R-CNN R-50-FPN", "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml",
              "configs/COCO-InstanceSegmentation/rs_mask_rcnn_R_50_FPN_1x.yaml", True),
+    "atss": ("RetinaNet vs RS-ATSS R-50-FPN", "COCO-Detection/retinanet_R_50_FPN_1x.yaml",
+             "configs/COCO-Detection/rs_atss_R_50_FPN_1x.yaml", False),
 }
 NUM_CLASSES = 80
 
@@ -195,7 +198,7 @@ class TrainStep:
         self.lr = float(cfg.SOLVER.BASE_LR)
         self.last_losses: Dict[str, float] = {}
         self.rois: Dict[str, List[int]] = {}  # pooler -> RoIs of each iteration
-        heads = self.model.roi_heads
+        heads = getattr(self.model, "roi_heads", None)  # none in one-stage models
         for name in ("box_pooler", "mask_pooler"):  # no mask_pooler without MASK_ON
             pooler = getattr(heads, name, None)
             if isinstance(pooler, torch.nn.Module):

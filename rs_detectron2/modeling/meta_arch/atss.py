@@ -42,8 +42,10 @@ def _closest(centres: Tensor, points: Tensor, k: int, per_location: int) -> Tens
         a = 1
     locations = centres[::a]
     # Squared distances up to the per-point constant |p|^2 (which does not change the order
-    # within a row): |c|^2 - 2 p.c, one (P, L) matrix product.
-    dist = (locations * locations).sum(dim=1)[None, :] - 2.0 * points @ locations.t()
+    # within a row): |c|^2 - 2 p.c, as one (P, 3) x (3, L) matrix product.
+    lhs = torch.cat([-2.0 * points, torch.ones_like(points[:, :1])], dim=1)
+    rhs = torch.cat([locations, (locations * locations).sum(dim=1, keepdim=True)], dim=1)
+    dist = lhs @ rhs.t()
     nearest = dist.topk(min(-(-k // a), len(locations)), dim=1, largest=False).indices
     anchors = nearest[:, :, None] * a + torch.arange(a, device=centres.device)
     return anchors.flatten(1)[:, :k]
