@@ -45,7 +45,7 @@ from typing import Dict, List, Sequence, Tuple
 import cv2
 import numpy as np
 
-from .synthetic_shapes import write_coco_split
+from .synthetic_shapes import coco_categories, write_coco_split
 
 __all__ = [
     "GLYPH_CLASSES",
@@ -513,8 +513,9 @@ def generate_glyph_split(
         raise ValueError(f"image_size must be >= {_MIN_IMAGE_SIZE}, got {image_size}")
     return write_coco_split(
         out_dir, num_images, image_size, seed, split_name,
-        make_image=lambda index: generate_glyph_image(np.random.default_rng([int(seed), index]),
-                                                      image_size),
+        make_image=lambda index: (
+            *generate_glyph_image(np.random.default_rng([int(seed), index]), image_size), {}),
         dataset_name="rs_synthetic_hard", description="rs_detectron2 synthetic glyphs (hard)",
-        version=GLYPH_GENERATOR_VERSION, classes=GLYPH_CLASSES, supercategory="glyph",
+        version=GLYPH_GENERATOR_VERSION,
+        categories=lambda images, annotations: coco_categories(GLYPH_CLASSES, "glyph"),
     )

@@ -30,15 +30,13 @@ Only numpy, OpenCV, pycocotools and tqdm are used here (no detectron2)::
 """
 import json
 import math
-import os
 from typing import Dict, List, Sequence, Tuple
 
 import cv2
 import numpy as np
 from pycocotools import mask as mask_util
-from tqdm import tqdm
 
-from .synthetic_shapes import SYNTHETIC_CLASSES, _background, _cache_complete, _say, _unit_polygon
+from .synthetic_shapes import SYNTHETIC_CLASSES, _background, _unit_polygon, write_coco_split
 
 __all__ = [
     "LVIS_CLASSES",
@@ -157,7 +155,8 @@ def generate_lvis_image(image_size: int, seed: int, index: int, classes: Sequenc
     """Image ``index`` of the stream given by ``seed``, holding instances of ``classes``.
 
     Returns ``(image, instances)``: a uint8 (H, W, 3) BGR image and a list of dicts with
-    ``category_id`` (1-based) and ``polygon`` ((N, 2) float, image coordinates). A class
+    ``category_id`` (1-based), ``polygon`` ((N, 2) float, image coordinates) and ``area``
+    (pixels of its mask, what LVIS's area ranges use). A class
     whose instances find no free place is left out (placement rarely fails)."""
     rng = np.random.default_rng([int(seed), int(index)])
     size = int(image_size)
@@ -186,7 +185,7 @@ def generate_lvis_image(image_size: int, seed: int, index: int, classes: Sequenc
                     continue
                 canvas[mask] = colour
                 occupied |= mask
-                instances.append(dict(category_id=cls + 1, polygon=poly))
+                instances.append(dict(category_id=cls + 1, polygon=poly, area=int(mask.sum())))
                 break
     sigma = rng.uniform(0.0, 5.0)
     if sigma > 0.5:
@@ -214,16 +213,14 @@ def _federate(rng: np.random.Generator, instances: List[Dict]) -> Tuple[List[Dic
     return kept, not_exhaustive, neg
 
 
-def _annotation(poly: np.ndarray, image_size: int) -> Dict:
-    """LVIS fields of an instance: its polygon, the polygon's box and the pixel area of its
-    mask (what LVIS's area ranges use)."""
+def _annotation_fields(instance: Dict) -> Dict:
+    """LVIS fields of an instance: the polygon's box, its mask's pixel area, the polygon."""
+    poly = instance["polygon"]
     x0, y0 = poly.min(0)
     x1, y1 = poly.max(0)
-    rle = mask_util.merge(mask_util.frPyObjects([poly.reshape(-1).tolist()], image_size,
-                                                image_size))
     return dict(
         bbox=[float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-        area=float(mask_util.area(rle)),
+        area=float(instance["area"]),
         segmentation=[[float(v) for v in poly.reshape(-1)]],
     )
 
@@ -275,19 +272,15 @@ def generate_lvis_split(
     if not is_train and not train_json:
         raise ValueError(f"split '{split_name}': the categories come from the training "
                          "split; pass train_json (the train split's annotations.json)")
-    out_dir = os.fspath(out_dir)
-    image_dir = os.path.join(out_dir, "images")
-    json_file = os.path.join(out_dir, "annotations.json")
-    if _cache_complete(json_file, image_dir, num_images):
-        _say(f"rs_synthetic_lvis: reusing cached split '{split_name}' ({num_images} images) "
-             f"at {out_dir}")
-        return json_file
-
     train_classes = _train_image_classes(num_images, seed) if is_train else None
-    os.makedirs(image_dir, exist_ok=True)
-    images, annotations = [], []
-    for index in tqdm(range(num_images), desc=f"Generating rs_synthetic_lvis {split_name}",
-                      unit="img", dynamic_ncols=True):
+
+    def categories(images: List[Dict], annotations: List[Dict]) -> List[Dict]:
+        if is_train:
+            return _categories(images, annotations)
+        with open(train_json) as f:
+            return json.load(f)["categories"]
+
+    def make_image(index: int):
         if is_train:
             classes = train_classes[index]
         else:
@@ -296,38 +289,12 @@ def generate_lvis_split(
         kept, not_exhaustive, neg = _federate(
             np.random.default_rng([int(seed), int(index), 2]), instances)
         file_name = f"{split_name}_{index:06d}.png"
-        tmp = os.path.join(image_dir, f"{file_name[:-4]}.tmp{os.getpid()}.png")
-        if not cv2.imwrite(tmp, image):
-            raise OSError(f"could not write {tmp}")
-        os.replace(tmp, os.path.join(image_dir, file_name))
-        image_id = index + 1
-        images.append(dict(id=image_id, file_name=file_name, height=image_size,
-                           width=image_size,
-                           coco_url=f"synthetic://rs_synthetic_lvis/images/{file_name}",
-                           not_exhaustive_category_ids=not_exhaustive,
-                           neg_category_ids=neg))
-        for ins in kept:
-            ann = dict(id=len(annotations) + 1, image_id=image_id,
-                       category_id=ins["category_id"])
-            ann.update(_annotation(ins["polygon"], image_size))
-            annotations.append(ann)
+        return image, kept, dict(coco_url=f"synthetic://rs_synthetic_lvis/images/{file_name}",
+                                 not_exhaustive_category_ids=not_exhaustive,
+                                 neg_category_ids=neg)
 
-    if is_train:
-        categories = _categories(images, annotations)
-    else:
-        with open(train_json) as f:
-            categories = json.load(f)["categories"]
-    dataset = dict(
-        info=dict(description=f"rs_detectron2 synthetic long-tailed LVIS, split {split_name}",
-                  version=str(LVIS_GENERATOR_VERSION),
-                  generator=dict(num_images=num_images, image_size=image_size, seed=int(seed))),
-        licenses=[],
-        images=images,
-        annotations=annotations,
-        categories=categories,
-    )
-    tmp_json = f"{json_file}.tmp{os.getpid()}"
-    with open(tmp_json, "w") as f:
-        json.dump(dataset, f, separators=(",", ":"))
-    os.replace(tmp_json, json_file)
-    return json_file
+    return write_coco_split(
+        out_dir, num_images, image_size, seed, split_name, make_image=make_image,
+        dataset_name="rs_synthetic_lvis", description="rs_detectron2 synthetic long-tailed LVIS",
+        version=LVIS_GENERATOR_VERSION, categories=categories,
+        annotation_fields=_annotation_fields)

@@ -362,10 +362,21 @@ def generate_synthetic_split(
         raise ValueError(f"image_size must be >= 32, got {image_size}")
     return write_coco_split(
         out_dir, num_images, image_size, seed, split_name,
-        make_image=lambda index: generate_synthetic_image(image_size, seed, index),
+        make_image=lambda index: (*generate_synthetic_image(image_size, seed, index), {}),
         dataset_name="rs_synthetic", description="rs_detectron2 synthetic shapes",
-        version=GENERATOR_VERSION, classes=SYNTHETIC_CLASSES, supercategory="shape",
+        version=GENERATOR_VERSION,
+        categories=lambda images, annotations: coco_categories(SYNTHETIC_CLASSES, "shape"),
     )
+
+
+def coco_categories(classes: Sequence[str], supercategory: str) -> List[Dict]:
+    """COCO categories of ``classes`` (ids from 1)."""
+    return [dict(id=i + 1, name=n, supercategory=supercategory) for i, n in enumerate(classes)]
+
+
+def coco_annotation_fields(instance: Dict) -> Dict:
+    """COCO fields of a generated instance: ``iscrowd`` and those of its visible mask."""
+    return dict(iscrowd=0, **_annotation(instance["mask"]))
 
 
 def write_coco_split(
@@ -375,18 +386,24 @@ def write_coco_split(
     seed: int,
     split_name: str,
     *,
-    make_image: Callable[[int], Tuple[np.ndarray, List[dict]]],
+    make_image: Callable[[int], Tuple[np.ndarray, List[Dict], Dict]],
     dataset_name: str,
     description: str,
     version: int,
-    classes: Sequence[str],
-    supercategory: str,
+    categories: Callable[[List[Dict], List[Dict]], List[Dict]],
+    annotation_fields: Callable[[Dict], Dict] = coco_annotation_fields,
 ) -> str:
     """Write ``out_dir/images/<split_name>_<index>.png`` and ``out_dir/annotations.json``
-    (COCO instances) from ``make_image(index) -> (BGR image, [{"category_id", "mask"}])``,
-    or reuse them when a complete split is cached (logged). Shared by the built-in
-    generators. The JSON is written last and atomically, images by write-then-rename, so
-    an interrupted run leaves no JSON and is regenerated."""
+    (COCO or LVIS instances), or reuse them when a complete split is cached (logged).
+    Shared by the built-in generators:
+
+    * ``make_image(index) -> (BGR image, instances, extra image fields)``, each instance a
+      dict with ``category_id`` and what ``annotation_fields`` reads;
+    * ``annotation_fields(instance)``: its fields besides ids (default: COCO, from a mask);
+    * ``categories(images, annotations)``: the JSON's categories, given the split's records.
+
+    The JSON is written last and atomically, images by write-then-rename, so an
+    interrupted run leaves no JSON and is regenerated."""
     out_dir = os.fspath(out_dir)
     image_dir = os.path.join(out_dir, "images")
     json_file = os.path.join(out_dir, "annotations.json")
@@ -399,7 +416,7 @@ def write_coco_split(
     images, annotations = [], []
     for index in tqdm(range(num_images), desc=f"Generating {dataset_name} {split_name}",
                       unit="img", dynamic_ncols=True):
-        image, instances = make_image(index)
+        image, instances, image_fields = make_image(index)
         file_name = f"{split_name}_{index:06d}.png"
         # Write-then-rename: concurrent generators never expose a half-written image.
         tmp = os.path.join(image_dir, f"{file_name[:-4]}.tmp{os.getpid()}.png")
@@ -408,11 +425,11 @@ def write_coco_split(
         os.replace(tmp, os.path.join(image_dir, file_name))
         image_id = index + 1
         images.append(dict(id=image_id, file_name=file_name, height=image_size,
-                           width=image_size))
+                           width=image_size, **image_fields))
         for ins in instances:
             ann = dict(id=len(annotations) + 1, image_id=image_id,
-                       category_id=ins["category_id"], iscrowd=0)
-            ann.update(_annotation(ins["mask"]))
+                       category_id=ins["category_id"])
+            ann.update(annotation_fields(ins))
             annotations.append(ann)
 
     dataset = dict(
@@ -422,8 +439,7 @@ def write_coco_split(
         licenses=[],
         images=images,
         annotations=annotations,
-        categories=[dict(id=i + 1, name=n, supercategory=supercategory)
-                    for i, n in enumerate(classes)],
+        categories=categories(images, annotations),
     )
     tmp_json = f"{json_file}.tmp{os.getpid()}"
     with open(tmp_json, "w") as f:
