@@ -65,47 +65,30 @@ def add_rs_config(cfg: CN) -> None:
     # Channel groups; each group of channels gets its own reassembly kernels.
     cfg.MODEL.CARAFE.GROUPS = 1
 
-    cfg.DATASETS.RS_SYNTHETIC = CN()
-    # Cache folder of the generated dataset; "" = $DETECTRON2_DATASETS or ./datasets.
-    cfg.DATASETS.RS_SYNTHETIC.ROOT = ""
-    # Number of generated training images (rs_synthetic_train).
-    cfg.DATASETS.RS_SYNTHETIC.NUM_TRAIN = 1000
-    # Number of generated validation images (rs_synthetic_val).
-    cfg.DATASETS.RS_SYNTHETIC.NUM_VAL = 200
-    # Side of the square generated images, in pixels.
-    cfg.DATASETS.RS_SYNTHETIC.IMAGE_SIZE = 256
-    # Seed of the generator; the same keys always give the same images.
-    cfg.DATASETS.RS_SYNTHETIC.SEED = 0
-
-    # The hard built-in dataset: look-alike glyphs on cluttered backgrounds
-    # (rs_synthetic_hard_train / rs_synthetic_hard_val, rs_detectron2.data.synthetic_glyphs).
-    cfg.DATASETS.RS_SYNTHETIC_HARD = CN()
-    # Cache folder of the generated dataset; "" = $DETECTRON2_DATASETS or ./datasets.
-    cfg.DATASETS.RS_SYNTHETIC_HARD.ROOT = ""
-    # Number of generated training images (rs_synthetic_hard_train).
-    cfg.DATASETS.RS_SYNTHETIC_HARD.NUM_TRAIN = 1000
-    # Number of generated validation images (rs_synthetic_hard_val).
-    cfg.DATASETS.RS_SYNTHETIC_HARD.NUM_VAL = 200
-    # Side of the square generated images, in pixels (object sizes scale with it).
-    cfg.DATASETS.RS_SYNTHETIC_HARD.IMAGE_SIZE = 192
-    # Seed of the generator; the same keys always give the same images.
-    cfg.DATASETS.RS_SYNTHETIC_HARD.SEED = 0
-
-    # The long-tailed LVIS-format built-in dataset (rs_synthetic_lvis_train /
-    # rs_synthetic_lvis_val, rs_detectron2.data.synthetic_lvis); its tail scales with NUM_TRAIN.
-    cfg.DATASETS.RS_SYNTHETIC_LVIS = CN()
-    # Cache folder of the generated dataset; "" = $DETECTRON2_DATASETS or ./datasets.
-    cfg.DATASETS.RS_SYNTHETIC_LVIS.ROOT = ""
-    # Number of generated training images (rs_synthetic_lvis_train).
-    cfg.DATASETS.RS_SYNTHETIC_LVIS.NUM_TRAIN = 1000
-    # Number of generated validation images (rs_synthetic_lvis_val).
-    cfg.DATASETS.RS_SYNTHETIC_LVIS.NUM_VAL = 200
-    # Side of the square generated images, in pixels (object sizes scale with it).
-    cfg.DATASETS.RS_SYNTHETIC_LVIS.IMAGE_SIZE = 192
-    # Seed of the generator; the same keys always give the same images.
-    cfg.DATASETS.RS_SYNTHETIC_LVIS.SEED = 0
+    # The built-in synthetic datasets, one node per family (rs_detectron2.data.builtin):
+    # RS_SYNTHETIC: shapes (rs_synthetic_train / _val);
+    # RS_SYNTHETIC_HARD: look-alike glyphs on cluttered backgrounds (rs_synthetic_hard_*);
+    # RS_SYNTHETIC_LVIS: long-tailed, LVIS format (rs_synthetic_lvis_*); its tail scales
+    # with NUM_TRAIN.
+    for key, image_size in (("RS_SYNTHETIC", 256), ("RS_SYNTHETIC_HARD", 192),
+                            ("RS_SYNTHETIC_LVIS", 192)):
+        _add_synthetic_dataset_keys(cfg, key, image_size)
 
     # oLRP evaluation (rs_detectron2.evaluation.OLRPEvaluator), next to COCO / LVIS AP.
     cfg.TEST.OLRP = CN()
     # Evaluate oLRP (and write each class's optimal score threshold) in RSTrainer.test.
     cfg.TEST.OLRP.ENABLED = True
+
+
+def _add_synthetic_dataset_keys(cfg: CN, key: str, image_size: int) -> None:
+    """``cfg.DATASETS.<key>``: the generation keys of one built-in synthetic family."""
+    node = cfg.DATASETS[key] = CN()
+    # Cache folder of the generated dataset; "" = $DETECTRON2_DATASETS or ./datasets.
+    node.ROOT = ""
+    # Number of generated training / validation images.
+    node.NUM_TRAIN = 1000
+    node.NUM_VAL = 200
+    # Side of the square generated images, in pixels (object sizes scale with it).
+    node.IMAGE_SIZE = image_size
+    # Seed of the generator; the same keys always give the same images.
+    node.SEED = 0

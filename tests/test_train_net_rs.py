@@ -15,12 +15,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "Synthetic", "rs_mask_rcnn_R_18_FPN.yaml")
 
 
-def tiny_opts(data_root, output_dir, max_iter):
+def tiny_opts(data_root, output_dir, max_iter, dataset="RS_SYNTHETIC", num_train=8, num_val=4):
+    """Options for a few-iteration run on tiny data of the family ``DATASETS.<dataset>``."""
     return [
-        "DATASETS.RS_SYNTHETIC.ROOT", str(data_root),
-        "DATASETS.RS_SYNTHETIC.NUM_TRAIN", "8",
-        "DATASETS.RS_SYNTHETIC.NUM_VAL", "4",
-        "DATASETS.RS_SYNTHETIC.IMAGE_SIZE", "96",
+        f"DATASETS.{dataset}.ROOT", str(data_root),
+        f"DATASETS.{dataset}.NUM_TRAIN", str(num_train),
+        f"DATASETS.{dataset}.NUM_VAL", str(num_val),
+        f"DATASETS.{dataset}.IMAGE_SIZE", "96",
         "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
         "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96",
         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(max_iter),
@@ -116,19 +117,10 @@ LVIS_CONFIG = os.path.join(ROOT, "configs", "Synthetic", "rs_mask_rcnn_R_18_FPN_
 
 
 def tiny_lvis_opts(data_root, output_dir, max_iter):
-    return [
-        "DATASETS.RS_SYNTHETIC_LVIS.ROOT", str(data_root),
-        "DATASETS.RS_SYNTHETIC_LVIS.NUM_TRAIN", "40",
-        "DATASETS.RS_SYNTHETIC_LVIS.NUM_VAL", "6",
-        "DATASETS.RS_SYNTHETIC_LVIS.IMAGE_SIZE", "96",
-        "DATALOADER.REPEAT_THRESHOLD", "0.3",
-        "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
-        "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96",
-        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(max_iter),
-        "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "()",
-        "DATALOADER.NUM_WORKERS", "0",
-        "OUTPUT_DIR", str(output_dir),
-    ]
+    """tiny_opts on rs_synthetic_lvis (40 training images: every class, a tail) with a
+    repeat-factor threshold that repeats its rare classes."""
+    return tiny_opts(data_root, output_dir, max_iter, "RS_SYNTHETIC_LVIS", 40, 6) + [
+        "DATALOADER.REPEAT_THRESHOLD", "0.3"]
 
 
 def test_lvis_training_with_repeat_factors_then_eval_only(tmp_path):

@@ -9,15 +9,16 @@
 Importing this package registers all six with the default sizes of
 ``cfg.DATASETS.RS_SYNTHETIC`` (1000 / 200 images of 256 px, seed 0),
 ``cfg.DATASETS.RS_SYNTHETIC_HARD`` and ``cfg.DATASETS.RS_SYNTHETIC_LVIS`` (1000 / 200 images
-of 192 px, seed 0) without generating anything; call :func:`register_rs_synthetic_from_cfg`,
-:func:`register_rs_synthetic_hard_from_cfg` / :func:`register_rs_synthetic_lvis_from_cfg`
-to apply a config's sizes.
+of 192 px, seed 0) without generating anything; call
+:func:`register_all_rs_synthetic_from_cfg` (or one family's ``register_*_from_cfg``) to apply
+a config's sizes.
 """
 from .builtin import (
     RS_SYNTHETIC_HARD_SPLITS,
     RS_SYNTHETIC_LVIS_SPLITS,
     RS_SYNTHETIC_SPLITS,
     prepare_rs_synthetic,
+    register_all_rs_synthetic_from_cfg,
     register_rs_synthetic,
     register_rs_synthetic_from_cfg,
     register_rs_synthetic_hard,

@@ -40,6 +40,7 @@ __all__ = [
     "register_rs_synthetic_hard_from_cfg",
     "register_rs_synthetic_lvis",
     "register_rs_synthetic_lvis_from_cfg",
+    "register_all_rs_synthetic_from_cfg",
     "prepare_rs_synthetic",
 ]
 
@@ -164,10 +165,19 @@ def _register_family(family: str, root: Optional[str], num_train: int, num_val: 
     return tuple(fam.splits)
 
 
-def _cfg_arguments(node) -> dict:
-    """Registration arguments from a ``cfg.DATASETS.RS_SYNTHETIC*`` config node."""
-    return dict(root=node.ROOT or None, num_train=node.NUM_TRAIN, num_val=node.NUM_VAL,
-                image_size=node.IMAGE_SIZE, seed=node.SEED)
+def _register_family_from_cfg(family: str, cfg) -> Tuple[str, str]:
+    """Register ``family`` with the keys of its node ``cfg.DATASETS.<FAMILY>`` (e.g.
+    ``RS_SYNTHETIC_HARD``; added by ``rs_detectron2.config.add_rs_config``)."""
+    node = cfg.DATASETS[family.upper()]
+    return _register_family(family, node.ROOT or None, node.NUM_TRAIN, node.NUM_VAL,
+                            node.IMAGE_SIZE, node.SEED)
+
+
+def register_all_rs_synthetic_from_cfg(cfg) -> None:
+    """Register every built-in synthetic family from its ``cfg.DATASETS`` node (lazily:
+    nothing is generated until a dataset is loaded)."""
+    for family in _FAMILIES:
+        _register_family_from_cfg(family, cfg)
 
 
 def register_rs_synthetic(
@@ -196,7 +206,7 @@ def register_rs_synthetic(
 def register_rs_synthetic_from_cfg(cfg) -> Tuple[str, str]:
     """:func:`register_rs_synthetic` with ``cfg.DATASETS.RS_SYNTHETIC.{ROOT, NUM_TRAIN,
     NUM_VAL, IMAGE_SIZE, SEED}`` (keys added by ``rs_detectron2.config.add_rs_config``)."""
-    return register_rs_synthetic(**_cfg_arguments(cfg.DATASETS.RS_SYNTHETIC))
+    return _register_family_from_cfg("rs_synthetic", cfg)
 
 
 def register_rs_synthetic_hard(
@@ -221,7 +231,7 @@ def register_rs_synthetic_hard_from_cfg(cfg) -> Tuple[str, str]:
     """:func:`register_rs_synthetic_hard` with ``cfg.DATASETS.RS_SYNTHETIC_HARD.{ROOT,
     NUM_TRAIN, NUM_VAL, IMAGE_SIZE, SEED}`` (keys added by
     ``rs_detectron2.config.add_rs_config``)."""
-    return register_rs_synthetic_hard(**_cfg_arguments(cfg.DATASETS.RS_SYNTHETIC_HARD))
+    return _register_family_from_cfg("rs_synthetic_hard", cfg)
 
 
 def register_rs_synthetic_lvis(
@@ -247,4 +257,4 @@ def register_rs_synthetic_lvis_from_cfg(cfg) -> Tuple[str, str]:
     """:func:`register_rs_synthetic_lvis` with ``cfg.DATASETS.RS_SYNTHETIC_LVIS.{ROOT,
     NUM_TRAIN, NUM_VAL, IMAGE_SIZE, SEED}`` (keys added by
     ``rs_detectron2.config.add_rs_config``)."""
-    return register_rs_synthetic_lvis(**_cfg_arguments(cfg.DATASETS.RS_SYNTHETIC_LVIS))
+    return _register_family_from_cfg("rs_synthetic_lvis", cfg)

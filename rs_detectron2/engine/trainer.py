@@ -24,11 +24,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_rs_config
-from ..data import (
-    register_rs_synthetic_from_cfg,
-    register_rs_synthetic_hard_from_cfg,
-    register_rs_synthetic_lvis_from_cfg,
-)
+from ..data import register_all_rs_synthetic_from_cfg
 from ..evaluation import OLRPEvaluator, RSLVISEvaluator
 from ..modeling.backbone import check_deformable_backbone
 
@@ -166,9 +162,7 @@ def default_rs_setup(args: argparse.Namespace) -> CfgNode:
         cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts or [])
     device_message = fall_back_to_cpu(cfg)
-    register_rs_synthetic_from_cfg(cfg)
-    register_rs_synthetic_hard_from_cfg(cfg)
-    register_rs_synthetic_lvis_from_cfg(cfg)
+    register_all_rs_synthetic_from_cfg(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     # Like detectron2's projects: the package's own loggers ("rs_detectron2.*") also go to
