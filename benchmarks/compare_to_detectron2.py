@@ -796,7 +796,7 @@ def write_report(out: str, quiet: bool = False) -> Dict[str, str]:
         writer.writeheader()
         writer.writerows(rows)
 
-    md = ["# RS R-CNN vs detectron2's stock R-CNN", ""]
+    md = ["# RS detectors vs detectron2's stock detectors", ""]
     if results:
         r0 = results[0]
         m = r0.get("machine", {})
@@ -804,7 +804,8 @@ def write_report(out: str, quiet: bool = False) -> Dict[str, str]:
         md += [f"Machine: {m.get('cpu')}, {m.get('usable_cores')} usable cores, torch threads "
                f"{r0.get('torch_threads', m.get('torch_threads'))}, GPU: {m.get('gpu') or 'none'}.",
                "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
-               f"Schedule: {r0['max_iter']} iterations of batch {r0.get('ims_per_batch')}; "
+               f"Schedule: {' / '.join(str(n) for n in sorted({r['max_iter'] for r in results}))} "
+               f"iterations (per pair below) of batch {r0.get('ims_per_batch')}; "
                f"learning rate chosen on the holdout part ({r0['holdout_fraction']:.0%} of train, "
                f"last image ids) by box AP; val AP of the seeds at the chosen learning rate. "
                f"Training time: {sum(r.get('train_seconds', 0) for r in results) / 3600:.2f} h, "
@@ -815,7 +816,9 @@ def write_report(out: str, quiet: bool = False) -> Dict[str, str]:
         md += ["No finished runs yet.", ""]
     for (dataset, pair), sides in summary.items():
         mask = pair == "mask"
-        md += [f"## {dataset}, {pair}", ""]
+        mine = [r for side in SIDES for r in sides[side]["all"]]
+        schedules = " / ".join(str(n) for n in sorted({r["max_iter"] for r in mine}))
+        md += [f"## {dataset}, {pair}", "", f"Schedule: {schedules} iterations.", ""]
         head = "| model | chosen LR | box AP (mean) | box AP per seed | AP50 | AP75 |"
         rule = "|---|---:|---:|---|---:|---:|"
         if mask:
