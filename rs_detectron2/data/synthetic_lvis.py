@@ -36,7 +36,13 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_util
 
-from .synthetic_shapes import SYNTHETIC_CLASSES, _background, _unit_polygon, write_coco_split
+from .synthetic_shapes import (
+    SYNTHETIC_CLASSES,
+    _background,
+    _unit_polygon,
+    split_file_name,
+    write_coco_split,
+)
 
 __all__ = [
     "LVIS_CLASSES",
@@ -288,7 +294,7 @@ def generate_lvis_split(
         image, instances = generate_lvis_image(image_size, seed, index, classes)
         kept, not_exhaustive, neg = _federate(
             np.random.default_rng([int(seed), int(index), 2]), instances)
-        file_name = f"{split_name}_{index:06d}.png"
+        file_name = split_file_name(split_name, index)
         return image, kept, dict(coco_url=f"synthetic://rs_synthetic_lvis/images/{file_name}",
                                  not_exhaustive_category_ids=not_exhaustive,
                                  neg_category_ids=neg)

@@ -379,6 +379,11 @@ def coco_annotation_fields(instance: Dict) -> Dict:
     return dict(iscrowd=0, **_annotation(instance["mask"]))
 
 
+def split_file_name(split_name: str, index: int) -> str:
+    """File name of image ``index`` of a split, under the split's ``images/``."""
+    return f"{split_name}_{index:06d}.png"
+
+
 def write_coco_split(
     out_dir: str,
     num_images: int,
@@ -417,7 +422,7 @@ def write_coco_split(
     for index in tqdm(range(num_images), desc=f"Generating {dataset_name} {split_name}",
                       unit="img", dynamic_ncols=True):
         image, instances, image_fields = make_image(index)
-        file_name = f"{split_name}_{index:06d}.png"
+        file_name = split_file_name(split_name, index)
         # Write-then-rename: concurrent generators never expose a half-written image.
         tmp = os.path.join(image_dir, f"{file_name[:-4]}.tmp{os.getpid()}.png")
         if not cv2.imwrite(tmp, image):
