@@ -2,19 +2,32 @@
 """Compare RS detectors with detectron2's stock ones on the built-in synthetic datasets.
 
 For each dataset (``rs_synthetic``, ``rs_synthetic_hard``) and each pair (``faster``,
-``mask``, ``atss``) it trains detectron2's stock model and the RS model of the same setting::
+``mask``, ``atss``) it trains the RS model and detectron2's stock model(s) of the same
+setting; the ``atss`` pair has two stock models, detectron2's RetinaNet as it is
+(``stock``) and with its GroupNorm head option, ``MODEL.RETINANET.NORM "GN"``
+(``stock_gn``, the normalisation RS-ATSS's head has), each compared with the same RS
+runs::
 
-    dataset            pair    RS config (configs/Synthetic/)     stock config
-    rs_synthetic       faster  rs_faster_rcnn_R_18_FPN.yaml       faster_rcnn_R_18_FPN.yaml
-    rs_synthetic       mask    rs_mask_rcnn_R_18_FPN.yaml         mask_rcnn_R_18_FPN.yaml
-    rs_synthetic_hard  faster  rs_faster_rcnn_R_18_FPN_hard.yaml  faster_rcnn_R_18_FPN_hard.yaml
-    rs_synthetic_hard  mask    rs_mask_rcnn_R_18_FPN_hard.yaml    mask_rcnn_R_18_FPN_hard.yaml
-    rs_synthetic       atss    rs_atss_R_18_FPN.yaml              retinanet_R_18_FPN.yaml
-    rs_synthetic_hard  atss    rs_atss_R_18_FPN_hard.yaml         retinanet_R_18_FPN_hard.yaml
+    dataset            pair    side      config (the regime's folder)
+    rs_synthetic       faster  stock     faster_rcnn_R_18_FPN.yaml
+                               rs        rs_faster_rcnn_R_18_FPN.yaml
+    rs_synthetic       mask    stock     mask_rcnn_R_18_FPN.yaml
+                               rs        rs_mask_rcnn_R_18_FPN.yaml
+    rs_synthetic       atss    stock     retinanet_R_18_FPN.yaml
+                               stock_gn  retinanet_gn_R_18_FPN.yaml
+                               rs        rs_atss_R_18_FPN.yaml
+    rs_synthetic_hard  (the same files with the suffix _hard)
 
-The two configs of a pair share backbone, input size, schedule (cosine, warmup, gradient
-clipping), batch and data; only the heads and their losses differ (the script warns if
-any shared key differs).
+**Regimes** (``--regime``): ``scratch`` (default) uses the configs of ``configs/Synthetic/``
+(the whole network trained from scratch); ``pretrained`` uses the files of the same names
+in ``configs/Synthetic/pretrained/``, which ``_BASE_`` the scratch ones and set
+``MODEL.WEIGHTS`` (a pretrained backbone), ``MODEL.RESNETS.NORM "FrozenBN"`` and
+``MODEL.BACKBONE.FREEZE_AT 2``. The regime is part of every run name
+(``<regime>-<dataset>-<pair>-<side>-lr<LR>-seed<S>``), result JSON and report title.
+
+The configs of a pair share backbone (its weights, norm and frozen stages included),
+input size, schedule (cosine, warmup, gradient clipping), batch and data; only the heads
+and their losses differ (the script warns if a shared key differs).
 
 Protocol
 --------
@@ -25,8 +38,10 @@ Protocol
    from the train split: ``thing_classes``, ``thing_dataset_id_to_contiguous_id``,
    ``evaluator_type``; no ``json_file``, so COCOEvaluator converts the dicts to COCO format
    itself). Every run trains on the fit part only. Each model is trained once per learning
-   rate of its grid (``--lrs-rs``, default 0.01 0.02 0.03; ``--lrs-stock``, default 0.01
-   0.03 0.06) with the first seed; the learning rate with the best holdout box AP is
+   rate of its side's grid (``--lrs-rs``, default 0.01 0.02 0.03; ``--lrs-stock``, default
+   0.01 0.03 0.06; ``--lrs-stock-gn``, default that of ``--lrs-stock``) with the first seed,
+   the RS model once per pair whatever its number of stock models; the learning rate with
+   the best holdout box AP is
    chosen (ties, and runs without an AP, go to the smaller learning rate; a run whose loss
    became NaN/inf is recorded as "diverged" and never chosen). Mask pairs are chosen by box
    AP too.
@@ -44,7 +59,7 @@ Protocol
    estimate and recorded per run (``curve_eval_seconds``).
 
 Every run has the configs' schedule, batch, input size, clipping and data; the only
-overrides, identical for both sides of a pair, are: ``SOLVER.BASE_LR``, ``SEED``,
+overrides, identical for all sides of a pair, are: ``SOLVER.BASE_LR``, ``SEED``,
 ``SOLVER.MAX_ITER`` (``--max-iter``), ``SOLVER.WARMUP_ITERS`` (the config's warmup scaled
 by ``--max-iter / config MAX_ITER``; multi-step ``SOLVER.STEPS`` are scaled the same way),
 ``SOLVER.CHECKPOINT_PERIOD`` (the curve period), ``TEST.EVAL_PERIOD 0``,
@@ -54,6 +69,12 @@ VALUE`` pairs of the command line (meant for smoke tests: tiny input sizes and t
 
 Runs, resume, outputs
 ---------------------
+The default ``--output-dir`` is ``./output/compare_to_detectron2``, with ``_<regime>``
+appended unless the regime is scratch and ``_<max-iter>iter`` unless ``--max-iter`` is
+1000 (``..._pretrained``, ``..._pretrained_2000iter``): one directory holds one regime and
+one schedule, and the script refuses to run in a directory holding results of another
+regime or ``--max-iter`` (or made before regimes existed; ``--report-only`` reads any).
+
 Each run is one subprocess, ``python benchmarks/compare_to_detectron2.py --run-one
 <run dir>/spec.json``, which registers the fit/holdout datasets itself, builds the config
 as ``train_net.py`` does (:func:`~rs_detectron2.engine.default_rs_setup` of the config file
@@ -61,39 +82,53 @@ plus the overrides, which ``--dry-run`` prints), trains with :class:`RSTrainer` 
 ``OUTPUT_DIR`` (``<output-dir>/runs/<name>/``, with detectron2's log.txt, metrics.json and
 model_final.pth; the console goes to ``console.log`` there) and writes
 ``<output-dir>/results/<name>.json`` atomically at the end. Before each run, an existing
-result JSON means "done, skip" (after checking it was made with the same overrides); a run
-directory without a result JSON is a killed run and is deleted and started again from
-scratch. The runs go dataset by dataset, pair by pair, model by model (grid, then curve,
-then further seeds), so a kill loses at most one run. The report is regenerated after every
-run, and from whatever JSONs exist with ``--report-only``:
+result JSON means "done, skip" (after checking it was made with the same regime, config,
+schedule and overrides); a run directory without a result JSON is a killed run and is
+deleted and started again from scratch. The runs go dataset by dataset, pair by pair,
+model by model (grid, then curve, then further seeds), so a kill loses at most one run.
+The report is regenerated after every run, and from whatever JSONs exist with
+``--report-only``:
 
-* ``results/<name>.json``: one per finished run: config, overrides, seed, LR, holdout AP,
-  val AP dicts (box: AP, AP50, AP75, APs, APm, APl; mask: the same), training seconds and
-  seconds per iteration (training wall time up to the last iteration / iterations,
-  evaluation excluded), evaluation seconds, curve points, split sizes, machine, versions;
+* ``results/<name>.json``: one per finished run: regime, backbone initialisation (weights,
+  norm, frozen stages), config, overrides, seed, LR, holdout AP, val AP dicts (box: AP,
+  AP50, AP75, APs, APm, APl; mask: the same), training seconds and seconds per iteration
+  (training wall time up to the last iteration / iterations, evaluation excluded),
+  evaluation seconds, curve points, split sizes, machine, versions;
 * ``results.csv``: one row per run;
-* ``results.md``: per dataset and pair, the chosen learning rate, val box AP (mean of the
-  seeds and each seed), AP50, AP75, mask AP, s/iter; the grid with the holdout AP of every
-  learning rate; the curve points;
-* ``curves_<dataset>_<pair>.png``: val box AP over iterations, RS against stock, one line
-  per seed (and mask AP in a second panel for mask pairs).
+* ``results.md``: the regime and ``--max-iter`` (title and first lines); per dataset and
+  pair, the chosen learning rate, val box AP (mean of the seeds and each seed), AP50,
+  AP75, mask AP, s/iter of every model, RS - stock for each stock model; the grids with the
+  holdout AP of every learning rate; the curve points;
+* ``curves_<dataset>_<pair>.png``: val box AP over iterations, every model of the pair,
+  one line per seed (and mask AP in a second panel for mask pairs).
 
 Time
 ----
-The default ``--max-iter`` (1000) is chosen so that the whole comparison (2 datasets x 4
-models x (3 grid + 1 seed) = 32 training runs, 16 curve evaluations and all evaluations)
-takes about 2 hours on the 2-core AMD EPYC where it was measured (0.13-0.17 s/iter); on
-a 2-core machine twice as slow, pass ``--max-iter 400`` for the same budget. The estimate printed at the start is, per model:
-``runs x (start-up + MAX_ITER x s/iter) + evaluated images x s/image``, with s/iter and
-s/image measured from the finished runs of the output directory when there are any, and
-otherwise assumed (s/iter at batch 4, 192 px, measured on that machine: stock Faster 0.13,
-RS-Faster 0.135, stock Mask 0.16, RS-Mask 0.17; s/image evaluated: 0.03 box-only, 0.07
-with masks; 15 s start-up per subprocess).
+Per model: 3 grid runs + 1 seed run and 1 curve evaluation. The whole comparison (2
+datasets x 7 models: faster 2, mask 2, atss 3 = 56 training runs of 1000 iterations, 14
+curve evaluations) is estimated at about 2 h 50 min on a 2-core AMD EPYC, mask + atss
+(40 runs) at about 2 h, the atss pair alone (24 runs, the GN model's 8 of them about 20
+min) at about 1 h, and the mask pair at 2x (16 runs of 2000 iterations) at about 1 h 45
+min. On a 2-core machine twice as slow, pass a smaller ``--max-iter`` (its own output
+directory). The estimate printed at the start is, per model: ``runs x (start-up +
+MAX_ITER x s/iter) + evaluated images x s/image``, with s/iter and s/image measured from
+the finished runs of the output directory when there are any, and otherwise assumed (s/iter
+at batch 4, 192 px, scratch: stock Faster 0.13, RS-Faster 0.135, stock Mask 0.16, RS-Mask
+0.17, RetinaNet 0.11, RetinaNet with GN head 0.115 (forward + backward 1.03x RetinaNet's),
+RS-ATSS 0.12; s/image evaluated: 0.03 box-only, 0.07 with masks; 15 s start-up per
+subprocess). The pretrained regime's frozen stem and res2 make its iterations cheaper;
+its estimate uses these scratch rates until its directory has finished runs.
 
-    python benchmarks/compare_to_detectron2.py                     # everything, ~2 h on 2 cores
+    python benchmarks/compare_to_detectron2.py                     # everything, scratch
     python benchmarks/compare_to_detectron2.py --dry-run           # the plan and its commands
-    python benchmarks/compare_to_detectron2.py --datasets rs_synthetic --pairs faster
+    python benchmarks/compare_to_detectron2.py --pairs mask atss   # both datasets, scratch
+    python benchmarks/compare_to_detectron2.py --regime pretrained --pairs mask atss
+    python benchmarks/compare_to_detectron2.py --regime pretrained --pairs mask --max-iter 2000
+        # the Mask pair at 2x, in ./output/compare_to_detectron2_pretrained_2000iter
+    python benchmarks/compare_to_detectron2.py --datasets rs_synthetic --pairs atss \\
+        --lrs-stock-gn 0.01 0.02 0.03                              # a grid per side
     python benchmarks/compare_to_detectron2.py --report-only       # tables and plots again
+    python benchmarks/compare_to_detectron2.py --regime pretrained --report-only
     python benchmarks/compare_to_detectron2.py --max-iter 30 --num-train 40 --num-val 20 \\
         --output-dir /tmp/cmp DATALOADER.NUM_WORKERS 0           # a quick smoke run
 """
@@ -121,20 +156,31 @@ if REPO not in sys.path:
 
 SCRIPT = os.path.abspath(__file__)
 
+# Regime -> the folder of its configs (relative to the repository root). The configs of
+# both folders have the same file names; the pretrained ones _BASE_ the scratch ones and set
+# MODEL.WEIGHTS, MODEL.RESNETS.NORM and MODEL.BACKBONE.FREEZE_AT.
+CONFIG_DIRS: Dict[str, str] = OrderedDict(
+    scratch="configs/Synthetic",
+    pretrained="configs/Synthetic/pretrained",
+)
+REGIMES = tuple(CONFIG_DIRS)
+# Run (and report) order of the models of a pair: the stock models, then RS.
+SIDES = ("stock", "stock_gn", "rs")
 # dataset -> train split, val split, config prefix of its size keys, pairs.
-# pair -> (RS config, stock config), relative to the repository root.
+# pair -> side -> config file name (in the regime's folder of CONFIG_DIRS).
 DATASETS: Dict[str, Dict[str, Any]] = OrderedDict(
     rs_synthetic=dict(
         train="rs_synthetic_train",
         val="rs_synthetic_val",
         cfg_key="DATASETS.RS_SYNTHETIC",
         pairs=OrderedDict(
-            faster=("configs/Synthetic/rs_faster_rcnn_R_18_FPN.yaml",
-                    "configs/Synthetic/faster_rcnn_R_18_FPN.yaml"),
-            mask=("configs/Synthetic/rs_mask_rcnn_R_18_FPN.yaml",
-                  "configs/Synthetic/mask_rcnn_R_18_FPN.yaml"),
-            atss=("configs/Synthetic/rs_atss_R_18_FPN.yaml",
-                  "configs/Synthetic/retinanet_R_18_FPN.yaml"),
+            faster=OrderedDict(stock="faster_rcnn_R_18_FPN.yaml",
+                               rs="rs_faster_rcnn_R_18_FPN.yaml"),
+            mask=OrderedDict(stock="mask_rcnn_R_18_FPN.yaml",
+                             rs="rs_mask_rcnn_R_18_FPN.yaml"),
+            atss=OrderedDict(stock="retinanet_R_18_FPN.yaml",
+                             stock_gn="retinanet_gn_R_18_FPN.yaml",
+                             rs="rs_atss_R_18_FPN.yaml"),
         ),
     ),
     rs_synthetic_hard=dict(
@@ -142,31 +188,34 @@ DATASETS: Dict[str, Dict[str, Any]] = OrderedDict(
         val="rs_synthetic_hard_val",
         cfg_key="DATASETS.RS_SYNTHETIC_HARD",
         pairs=OrderedDict(
-            faster=("configs/Synthetic/rs_faster_rcnn_R_18_FPN_hard.yaml",
-                    "configs/Synthetic/faster_rcnn_R_18_FPN_hard.yaml"),
-            mask=("configs/Synthetic/rs_mask_rcnn_R_18_FPN_hard.yaml",
-                  "configs/Synthetic/mask_rcnn_R_18_FPN_hard.yaml"),
-            atss=("configs/Synthetic/rs_atss_R_18_FPN_hard.yaml",
-                  "configs/Synthetic/retinanet_R_18_FPN_hard.yaml"),
+            faster=OrderedDict(stock="faster_rcnn_R_18_FPN_hard.yaml",
+                               rs="rs_faster_rcnn_R_18_FPN_hard.yaml"),
+            mask=OrderedDict(stock="mask_rcnn_R_18_FPN_hard.yaml",
+                             rs="rs_mask_rcnn_R_18_FPN_hard.yaml"),
+            atss=OrderedDict(stock="retinanet_R_18_FPN_hard.yaml",
+                             stock_gn="retinanet_gn_R_18_FPN_hard.yaml",
+                             rs="rs_atss_R_18_FPN_hard.yaml"),
         ),
     ),
 )
 PAIRS = ("faster", "mask", "atss")
-SIDES = ("stock", "rs")  # run order within a pair
 MODEL_NAMES = {
     ("faster", "stock"): "Faster R-CNN (detectron2)",
     ("faster", "rs"): "RS-Faster R-CNN",
     ("mask", "stock"): "Mask R-CNN (detectron2)",
     ("mask", "rs"): "RS-Mask R-CNN",
     ("atss", "stock"): "RetinaNet (detectron2)",
+    ("atss", "stock_gn"): "RetinaNet with GN head (detectron2)",
     ("atss", "rs"): "RS-ATSS",
 }
+# Learning-rate grids; stock_gn defaults to the stock grid (--lrs-stock).
 DEFAULT_LRS = {"rs": (0.01, 0.02, 0.03), "stock": (0.01, 0.03, 0.06)}
 DEFAULT_MAX_ITER = 1000
+DEFAULT_OUTPUT_DIR = "./output/compare_to_detectron2"
 # Assumptions of the time estimate when no finished run has measured them (2-core CPU).
 ASSUMED_S_PER_ITER = {("faster", "stock"): 0.13, ("faster", "rs"): 0.135,
                       ("mask", "stock"): 0.16, ("mask", "rs"): 0.17,
-                      ("atss", "stock"): 0.11, ("atss", "rs"): 0.12}
+                      ("atss", "stock"): 0.11, ("atss", "stock_gn"): 0.115, ("atss", "rs"): 0.12}
 ASSUMED_S_PER_EVAL_IMAGE = {"faster": 0.03, "mask": 0.07, "atss": 0.03}
 ASSUMED_STARTUP_S = 15.0
 # Overrides that may differ between the runs of one output directory without making
@@ -291,12 +340,39 @@ def _write_json(path: str, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _model_name(pair: str, side: str) -> str:
+    return MODEL_NAMES.get((pair, side), side)
+
+
 def _lr_tag(lr: float) -> str:
     return f"{lr:g}"
 
 
-def run_name(dataset: str, pair: str, side: str, lr: float, seed: int) -> str:
-    return f"{dataset}-{pair}-{side}-lr{_lr_tag(lr)}-seed{seed}"
+def run_name(regime: str, dataset: str, pair: str, side: str, lr: float, seed: int) -> str:
+    return f"{regime}-{dataset}-{pair}-{side}-lr{_lr_tag(lr)}-seed{seed}"
+
+
+def pair_sides(dataset: str, pair: str) -> List[str]:
+    """The models of a pair, in run order (the stock ones, then RS)."""
+    return [side for side in SIDES if side in DATASETS[dataset]["pairs"][pair]]
+
+
+def config_for(regime: str, dataset: str, pair: str, side: str) -> str:
+    """The config of one model in one regime, relative to the repository root."""
+    return os.path.join(CONFIG_DIRS[regime], DATASETS[dataset]["pairs"][pair][side])
+
+
+def side_lrs(args: argparse.Namespace, side: str) -> List[float]:
+    """The learning-rate grid of a side: --lrs-rs, --lrs-stock or --lrs-stock-gn."""
+    return list(args.lrs[side])
+
+
+def default_output_dir(regime: str, max_iter: int) -> str:
+    """One folder per regime and schedule, so that their results never mix:
+    ./output/compare_to_detectron2[_pretrained][_<max_iter>iter] (the suffix only when
+    not the default 1000)."""
+    return (DEFAULT_OUTPUT_DIR + ("" if regime == "scratch" else f"_{regime}")
+            + ("" if max_iter == DEFAULT_MAX_ITER else f"_{max_iter}iter"))
 
 
 def curve_iterations(max_iter: int, points: int) -> Tuple[int, List[int]]:
@@ -589,17 +665,21 @@ class Planner:
             opts += ["SOLVER.STEPS", str(steps)]
         return opts
 
+    def config(self, dataset: str, pair: str, side: str) -> str:
+        return config_for(self.args.regime, dataset, pair, side)
+
     def spec(self, dataset: str, pair: str, side: str, lr: float, seed: int,
              role: str, curve: bool) -> dict:
         d = DATASETS[dataset]
-        rs_config, stock_config = d["pairs"][pair]
-        config = rs_config if side == "rs" else stock_config
+        regime = self.args.regime
+        config = self.config(dataset, pair, side)
+        rs_config = self.config(dataset, pair, "rs")
         fit, holdout = fit_holdout_names(d["train"])
         eval_holdout = role == "grid"
         tests = (holdout, d["val"]) if eval_holdout else (d["val"],)
-        name = run_name(dataset, pair, side, lr, seed)
+        name = run_name(regime, dataset, pair, side, lr, seed)
         run_dir = os.path.join(self.out, "runs", name)
-        # The schedule is computed from the RS config, so both sides get the same overrides.
+        # The schedule is computed from the RS config, so all sides get the same overrides.
         opts = (["SOLVER.BASE_LR", repr(float(lr)), "SEED", str(seed)]
                 + self.schedule_opts(rs_config)
                 + ["DATASETS.TRAIN", _tuple_opt((fit,)), "DATASETS.TEST", _tuple_opt(tests)]
@@ -607,7 +687,8 @@ class Planner:
                 + ["OUTPUT_DIR", run_dir])
         _, iters = curve_iterations(int(self.args.max_iter), self.args.curve_points)
         return dict(
-            name=name, dataset=dataset, pair=pair, side=side, model=MODEL_NAMES[(pair, side)],
+            name=name, regime=regime, backbone=self.backbone_init(config),
+            dataset=dataset, pair=pair, side=side, model=MODEL_NAMES[(pair, side)],
             role=role, config=config, config_path=os.path.join(REPO, config), opts=opts,
             lr=float(lr), seed=int(seed), max_iter=int(self.args.max_iter),
             train_dataset=d["train"], val_dataset=d["val"], fit_dataset=fit,
@@ -616,24 +697,49 @@ class Planner:
             run_dir=run_dir, result=os.path.join(self.out, "results", name + ".json"),
         )
 
+    def backbone_init(self, config: str) -> Dict[str, Any]:
+        """How the config initialises its backbone (what the regime changes)."""
+        cfg = self.load_cfg(config)
+        return dict(weights=cfg.MODEL.WEIGHTS, norm=cfg.MODEL.RESNETS.NORM,
+                    freeze_at=int(cfg.MODEL.BACKBONE.FREEZE_AT))
+
+    # Settings every model of a pair must share: only the heads and their losses differ.
+    SHARED_KEYS = (
+        "SOLVER.IMS_PER_BATCH", "SOLVER.LR_SCHEDULER_NAME", "SOLVER.WARMUP_ITERS",
+        "SOLVER.MAX_ITER", "SOLVER.CLIP_GRADIENTS", "SOLVER.MOMENTUM", "SOLVER.WEIGHT_DECAY",
+        "SOLVER.WEIGHT_DECAY_NORM", "INPUT", "MODEL.WEIGHTS", "MODEL.PIXEL_MEAN",
+        "MODEL.PIXEL_STD", "MODEL.BACKBONE", "MODEL.RESNETS", "MODEL.FPN", "MODEL.MASK_ON",
+        "DATASETS.TRAIN", "DATASETS.TEST", "SEED", "MODEL.ROI_HEADS.NUM_CLASSES",
+        "MODEL.RETINANET.NUM_CLASSES", "MODEL.ANCHOR_GENERATOR.SIZES", "DATALOADER",
+    )
+
     def check_pair(self, dataset: str, pair: str) -> List[str]:
-        """Shared settings that differ between the two configs of a pair."""
-        rs_config, stock_config = DATASETS[dataset]["pairs"][pair]
-        a, b = self.load_cfg(rs_config), self.load_cfg(stock_config)
-        keys = ["SOLVER.IMS_PER_BATCH", "SOLVER.LR_SCHEDULER_NAME", "SOLVER.WARMUP_ITERS",
-                "SOLVER.MAX_ITER", "SOLVER.CLIP_GRADIENTS", "SOLVER.MOMENTUM",
-                "SOLVER.WEIGHT_DECAY", "INPUT", "MODEL.BACKBONE", "MODEL.RESNETS", "MODEL.FPN",
-                "MODEL.MASK_ON", "DATASETS.TRAIN", "DATASETS.TEST", "SEED",
-                "MODEL.ROI_HEADS.NUM_CLASSES", "MODEL.RETINANET.NUM_CLASSES",
-                "MODEL.ANCHOR_GENERATOR.SIZES", "DATALOADER"]
+        """Shared settings (leaf keys of SHARED_KEYS) in which a stock config of the pair
+        differs from the RS config, in the current regime."""
+        rs = self.load_cfg(self.config(dataset, pair, "rs"))
         diffs = []
-        for key in keys:
-            va, vb = a, b
-            for part in key.split("."):
-                va, vb = va[part], vb[part]
-            if va != vb:
-                diffs.append(f"{key}: RS {va} vs stock {vb}")
+        for side in pair_sides(dataset, pair):
+            if side == "rs":
+                continue
+            other = self.load_cfg(self.config(dataset, pair, side))
+            for key in self.SHARED_KEYS:
+                va, vb = rs, other
+                for part in key.split("."):
+                    va, vb = va[part], vb[part]
+                for leaf, (x, y) in _leaf_pairs(key, va, vb):
+                    if x != y:
+                        diffs.append(f"{leaf}: RS {x} vs {side} {y}")
         return diffs
+
+
+def _leaf_pairs(key: str, a: Any, b: Any) -> List[Tuple[str, Tuple[Any, Any]]]:
+    """(dotted key, (value in a, value in b)) for every leaf of two config nodes."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _leaf_pairs(f"{key}.{k}", a.get(k), b.get(k))
+        return out
+    return [(key, (a, b))]
 
 
 def _comparable(old: dict, new: dict) -> Optional[str]:
@@ -642,12 +748,38 @@ def _comparable(old: dict, new: dict) -> Optional[str]:
         pairs = zip(opts[0::2], opts[1::2])
         return [x for key, value in pairs if key not in _NOT_COMPARED for x in (key, value)]
 
-    for key in ("config", "holdout_fraction", "max_iter", "curve_iters"):
+    for key in ("regime", "config", "holdout_fraction", "max_iter", "curve_iters"):
         if old.get(key) != new.get(key):
             return f"{key}: {old.get(key)!r} there, {new.get(key)!r} now"
     if strip(old.get("opts", [])) != strip(new["opts"]):
         return f"overrides: {strip(old.get('opts', []))} there, {strip(new['opts'])} now"
     return None
+
+
+def _setting(result: dict, key: str) -> Any:
+    """A setting of a result, for the report; results made before regimes existed are
+    scratch ones."""
+    return result.get(key, "scratch" if key == "regime" else None)
+
+
+def check_output_dir(out: str, regime: str, max_iter: int) -> None:
+    """Refuse an output directory that holds results of another regime or schedule (one
+    directory, one report: one regime and one --max-iter, see default_output_dir), or
+    results made before regimes existed (their run names lack it: they would be rerun)."""
+    results = load_results(out)
+    legacy = [r for r in results if "regime" not in r]
+    if legacy:
+        raise SystemExit(
+            f"compare_to_detectron2: {out} holds {len(legacy)} result(s) made before regimes "
+            f"existed (e.g. {legacy[0]['name']}); use another --output-dir "
+            f"(--report-only still reports them).")
+    others = [r for r in results if (r["regime"], r.get("max_iter")) != (regime, max_iter)]
+    if others:
+        found = sorted({f"regime {r['regime']}, --max-iter {r.get('max_iter')}" for r in others})
+        raise SystemExit(
+            f"compare_to_detectron2: {out} holds {len(others)} result(s) of another setting "
+            f"({'; '.join(found)}), not regime {regime}, --max-iter {max_iter}: use another "
+            f"--output-dir (the default one depends on --regime and --max-iter).")
 
 
 def select_lr(grid_results: Sequence[dict]) -> Optional[dict]:
@@ -732,7 +864,9 @@ def summarize(results: Sequence[dict]) -> "OrderedDict[Tuple[str, str], Dict[str
                   key=lambda k: (order.get(k[0], 99), k[0], PAIRS.index(k[1]) if k[1] in PAIRS else 9))
     for dataset, pair in keys:
         sides = {}
-        for side in SIDES:
+        present = {r["side"] for r in results if (r["dataset"], r["pair"]) == (dataset, pair)}
+        known = pair_sides(dataset, pair) if dataset in DATASETS and pair in PAIRS else []
+        for side in [s for s in SIDES if s in known or s in present]:
             mine = [r for r in results if (r["dataset"], r["pair"], r["side"]) == (dataset, pair, side)]
             grid = [r for r in mine if r["role"] == "grid"]
             if grid:  # the grid seed: the seed most grid runs have (normally the only one)
@@ -759,7 +893,7 @@ def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
 
-CSV_FIELDS = ["dataset", "pair", "side", "model", "config", "lr", "seed", "role", "status",
+CSV_FIELDS = ["regime", "dataset", "pair", "side", "model", "config", "lr", "seed", "role", "status",
               "chosen", "max_iter", "ims_per_batch", "num_fit_images", "num_holdout_images",
               "num_val_images", "holdout_box_AP", "val_box_AP", "val_box_AP50", "val_box_AP75",
               "val_box_APs", "val_box_APm", "val_box_APl", "val_mask_AP", "val_mask_AP50",
@@ -777,8 +911,10 @@ def write_report(out: str, quiet: bool = False) -> Dict[str, str]:
     paths = {}
 
     rows = []
-    for r in sorted(results, key=lambda r: (r["dataset"], PAIRS.index(r["pair"]), r["side"], r["seed"], r["lr"])):
+    for r in sorted(results, key=lambda r: (r["dataset"], PAIRS.index(r["pair"]),
+                                            SIDES.index(r["side"]), r["seed"], r["lr"])):
         row = {k: r.get(k) for k in CSV_FIELDS}
+        row["regime"] = _setting(r, "regime")
         row["chosen"] = r["name"] in chosen_names
         for task, prefix in (("bbox", "val_box_"), ("segm", "val_mask_")):
             for metric in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
@@ -796,16 +932,26 @@ def write_report(out: str, quiet: bool = False) -> Dict[str, str]:
         writer.writeheader()
         writer.writerows(rows)
 
-    md = ["# RS detectors vs detectron2's stock detectors", ""]
+    regimes = sorted({_setting(r, "regime") for r in results})
+    max_iters = sorted({r["max_iter"] for r in results})
+    title = "# RS detectors vs detectron2's stock detectors"
+    if results:
+        title += (f" ({' / '.join(regimes)} regime, "
+                  f"{' / '.join(str(n) for n in max_iters)} iterations)")
+    md = [title, ""]
     if results:
         r0 = results[0]
         m = r0.get("machine", {})
         v = r0.get("versions", {})
-        md += [f"Machine: {m.get('cpu')}, {m.get('usable_cores')} usable cores, torch threads "
+        md += [f"Regime: {' / '.join(regimes)} (configs in "
+               + ", ".join(f"{CONFIG_DIRS.get(g, g)}/" for g in regimes) + "; backbone "
+               + "; ".join(_backbone_text(b) for b in sorted(
+                   {json.dumps(r.get("backbone"), sort_keys=True) for r in results})) + ").",
+               f"Machine: {m.get('cpu')}, {m.get('usable_cores')} usable cores, torch threads "
                f"{r0.get('torch_threads', m.get('torch_threads'))}, GPU: {m.get('gpu') or 'none'}.",
                "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
-               f"Schedule: {' / '.join(str(n) for n in sorted({r['max_iter'] for r in results}))} "
-               f"iterations (per pair below) of batch {r0.get('ims_per_batch')}; "
+               f"Schedule: --max-iter {' / '.join(str(n) for n in max_iters)} "
+               f"iterations of batch {r0.get('ims_per_batch')}; "
                f"learning rate chosen on the holdout part ({r0['holdout_fraction']:.0%} of train, "
                f"last image ids) by box AP; val AP of the seeds at the chosen learning rate. "
                f"Training time: {sum(r.get('train_seconds', 0) for r in results) / 3600:.2f} h, "
@@ -816,7 +962,7 @@ def write_report(out: str, quiet: bool = False) -> Dict[str, str]:
         md += ["No finished runs yet.", ""]
     for (dataset, pair), sides in summary.items():
         mask = pair == "mask"
-        mine = [r for side in SIDES for r in sides[side]["all"]]
+        mine = [r for s in sides.values() for r in s["all"]]
         schedules = " / ".join(str(n) for n in sorted({r["max_iter"] for r in mine}))
         md += [f"## {dataset}, {pair}", "", f"Schedule: {schedules} iterations.", ""]
         head = "| model | chosen LR | box AP (mean) | box AP per seed | AP50 | AP75 |"
@@ -826,10 +972,9 @@ def write_report(out: str, quiet: bool = False) -> Dict[str, str]:
             rule += "---:|---|---:|---:|"
         md += [head + " s/iter |", rule + "---:|"]
         means = {}
-        for side in SIDES:
-            s = sides[side]
+        for side, s in sides.items():
             finals = s["finals"]
-            model = MODEL_NAMES[(pair, side)]
+            model = _model_name(pair, side)
             if not finals:
                 why = "(no runs yet)" if not s["grid"] else "(no LR gave a holdout AP)"
                 md.append(f"| {model} | {why} |"
@@ -849,21 +994,24 @@ def write_report(out: str, quiet: bool = False) -> Dict[str, str]:
                          + f" | {_fmt(_mean([_val(r, 'segm', 'AP75') for r in finals]))} |")
             line += f" {_fmt(_mean([r.get('seconds_per_iter') for r in finals]), 3)} |"
             md.append(line)
-        if means.get("rs") is not None and means.get("stock") is not None:
-            md += ["", f"RS - stock, mean val box AP: {means['rs'] - means['stock']:+.1f}."]
+        deltas = [f"RS - {side}, mean val box AP: {means['rs'] - means[side]:+.1f} "
+                  f"({_model_name(pair, 'rs')} - {_model_name(pair, side)})."
+                  for side in sides if side != "rs" and means.get(side) is not None
+                  and means.get("rs") is not None]
+        if deltas:
+            md += [""] + deltas
         md += ["", "Learning-rate grid (first seed; holdout = held-out train images):", "",
                "| model | LR | holdout box AP | val box AP | " + ("val mask AP | " if mask else "")
                + "s/iter | status |",
                "|---|---:|---:|---:|" + ("---:|" if mask else "") + "---:|---|"]
-        for side in SIDES:
-            s = sides[side]
+        for side, s in sides.items():
             for r in s["grid"]:
                 chosen = s["chosen"] is not None and r["name"] == s["chosen"]["name"]
-                md.append(f"| {MODEL_NAMES[(pair, side)]} | {_lr_tag(r['lr'])}{' (chosen)' if chosen else ''} | "
+                md.append(f"| {_model_name(pair, side)} | {_lr_tag(r['lr'])}{' (chosen)' if chosen else ''} | "
                           f"{_fmt(r.get('holdout_box_AP'))} | {_fmt(_val(r, 'bbox', 'AP'))} | "
                           + (f"{_fmt(_val(r, 'segm', 'AP'))} | " if mask else "")
                           + f"{_fmt(r.get('seconds_per_iter'), 3)} | {r['status']} |")
-        curve_rows = [(side, r) for side in SIDES for r in sides[side]["finals"] if r.get("curve")]
+        curve_rows = [(side, r) for side, s in sides.items() for r in s["finals"] if r.get("curve")]
         if curve_rows:
             its = sorted({p["iter"] for _, r in curve_rows for p in r["curve"]})
             md += ["", "Val AP over training (box" + (" / mask" if mask else "") + "):", "",
@@ -873,7 +1021,7 @@ def write_report(out: str, quiet: bool = False) -> Dict[str, str]:
                 by_iter = {p["iter"]: p for p in r["curve"]}
                 cells = [(_fmt(by_iter[it]["box_AP"]) + (f" / {_fmt(by_iter[it].get('mask_AP'))}" if mask else ""))
                          if it in by_iter else "" for it in its]
-                md.append(f"| {MODEL_NAMES[(pair, side)]} | {r['seed']} | " + " | ".join(cells) + " |")
+                md.append(f"| {_model_name(pair, side)} | {r['seed']} | " + " | ".join(cells) + " |")
         md.append("")
         png = plot_curves(out, dataset, pair, sides)
         if png:
@@ -887,9 +1035,17 @@ def write_report(out: str, quiet: bool = False) -> Dict[str, str]:
     return paths
 
 
+def _backbone_text(backbone_json: str) -> str:
+    b = json.loads(backbone_json)
+    if not b:
+        return "not recorded"
+    return (f"MODEL.WEIGHTS {b['weights']!r}" + (" (from scratch)" if not b["weights"] else "")
+            + f", RESNETS.NORM {b['norm']}, BACKBONE.FREEZE_AT {b['freeze_at']}")
+
+
 def plot_curves(out: str, dataset: str, pair: str, sides: Dict[str, dict]) -> Optional[str]:
     """curves_<dataset>_<pair>.png: val box AP (and mask AP) over iterations."""
-    finals = [(side, r) for side in SIDES for r in sides[side]["finals"] if r.get("curve")]
+    finals = [(side, r) for side, s in sides.items() for r in s["finals"] if r.get("curve")]
     if not finals:
         return None
     try:
@@ -903,7 +1059,7 @@ def plot_curves(out: str, dataset: str, pair: str, sides: Dict[str, dict]) -> Op
         return None
     tasks = [("box_AP", "val box AP")] + ([("mask_AP", "val mask AP")] if pair == "mask" else [])
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
-    colors = {"stock": "tab:blue", "rs": "tab:red"}
+    colors = {"stock": "tab:blue", "stock_gn": "tab:green", "rs": "tab:red"}
     styles = ["-", "--", ":", "-."]
     for ax, (key, title) in zip(axes[0], tasks):
         for side, r in finals:
@@ -912,11 +1068,11 @@ def plot_curves(out: str, dataset: str, pair: str, sides: Dict[str, dict]) -> Op
             if not pts:
                 continue
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                    color=colors[side], linestyle=styles[seed_index % len(styles)],
-                    label=f"{MODEL_NAMES[(pair, side)]}, lr {_lr_tag(r['lr'])}, seed {r['seed']}")
+                    color=colors.get(side), linestyle=styles[seed_index % len(styles)],
+                    label=f"{_model_name(pair, side)}, lr {_lr_tag(r['lr'])}, seed {r['seed']}")
         ax.set_xlabel("iteration")
         ax.set_ylabel(title)
-        ax.set_title(f"{dataset}, {pair}: {title}")
+        ax.set_title(f"{dataset}, {pair} ({_setting(finals[0][1], 'regime')}): {title}")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -1026,13 +1182,12 @@ class Driver:
         extra_points = len(iters) - 1
         for dataset in args.datasets:
             for pair in args.pairs:
-                rs_config, _ = DATASETS[dataset]["pairs"][pair]
+                rs_config = self.planner.config(dataset, pair, "rs")
                 num_train, num_val = self.planner.dataset_sizes(dataset, rs_config)
                 num_holdout = min(max(int(num_train * args.holdout_fraction + 0.5), 1), num_train - 1)
-                for side in SIDES:
-                    lrs = args.lrs_rs if side == "rs" else args.lrs_stock
+                for side in pair_sides(dataset, pair):
                     base = dict(dataset=dataset, pair=pair, side=side)
-                    for lr in lrs:
+                    for lr in side_lrs(args, side):
                         jobs.append(dict(base, kind="grid", lr=lr, seed=args.seeds[0],
                                          iters=args.max_iter, eval_images=num_holdout + num_val))
                     if extra_points:
@@ -1045,17 +1200,17 @@ class Driver:
 
     def remaining_jobs(self) -> List[dict]:
         results = {r["name"]: r for r in load_results(self.planner.out)}
-        chosen: Dict[Tuple[str, str, str], Optional[dict]] = {}
+        chosen: Dict[Tuple[str, str, str, str], Optional[dict]] = {}
         remaining = []
         for job in self.all_jobs():
-            key = (job["dataset"], job["pair"], job["side"])
+            key = (self.args.regime, job["dataset"], job["pair"], job["side"])
             if job["kind"] == "grid":
                 if run_name(*key, job["lr"], job["seed"]) not in results:
                     remaining.append(job)
                 continue
             if key not in chosen:
-                lrs = self.args.lrs_rs if job["side"] == "rs" else self.args.lrs_stock
-                grid = [results.get(run_name(*key, lr, self.args.seeds[0])) for lr in lrs]
+                grid = [results.get(run_name(*key, lr, self.args.seeds[0]))
+                        for lr in side_lrs(self.args, job["side"])]
                 chosen[key] = select_lr([g for g in grid if g]) if all(grid) else None
             c = chosen[key]
             if c is None:
@@ -1070,12 +1225,12 @@ class Driver:
         args = self.args
         for dataset in args.datasets:
             for pair in args.pairs:
-                for side in SIDES:
+                for side in pair_sides(dataset, pair):
                     self.run_model(dataset, pair, side)
 
     def run_model(self, dataset: str, pair: str, side: str) -> None:
         args = self.args
-        lrs = args.lrs_rs if side == "rs" else args.lrs_stock
+        lrs = side_lrs(args, side)
         first = args.seeds[0]
         grid = [self.ensure_run(self.planner.spec(dataset, pair, side, lr, first, "grid", False))
                 for lr in lrs]
@@ -1083,7 +1238,7 @@ class Driver:
             print(f"curve: the chosen grid run of {dataset}/{pair}/{side} "
                   f"(--curve-one, intermediate checkpoints on val)")
             for seed in args.seeds[1:]:
-                print(f"run: {dataset}-{pair}-{side}-lr<chosen>-seed{seed} (at the learning "
+                print(f"run: {args.regime}-{dataset}-{pair}-{side}-lr<chosen>-seed{seed} (at the learning "
                       f"rate of the best holdout box AP above, with its curve)")
             return
         chosen = select_lr(grid)
@@ -1108,23 +1263,36 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Trailing KEY VALUE pairs are added to the overrides of every run (both sides).")
+        epilog="Trailing KEY VALUE pairs are added to the overrides of every run (all models).")
+    p.add_argument("--regime", choices=REGIMES, default="scratch",
+                   help="scratch: the configs of configs/Synthetic/ (backbone from scratch); "
+                        "pretrained: those of the same names in configs/Synthetic/pretrained/ "
+                        "(pretrained, frozen-BN backbone). Default scratch")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     p.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER,
-                   help=f"schedule length of every run (default {DEFAULT_MAX_ITER}: about 2 h "
-                        "for everything on a 2-core CPU)")
+                   help=f"schedule length of every run (default {DEFAULT_MAX_ITER}; 2x: 2000)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2],
-                   help="the first one also runs the learning-rate grid (default 1 2)")
-    p.add_argument("--lrs-rs", type=float, nargs="+", default=list(DEFAULT_LRS["rs"]))
-    p.add_argument("--lrs-stock", type=float, nargs="+", default=list(DEFAULT_LRS["stock"]))
+                   help="the first one also runs the learning-rate grids (default 1 2)")
+    p.add_argument("--lrs-rs", type=float, nargs="+", default=list(DEFAULT_LRS["rs"]),
+                   metavar="LR", help="learning-rate grid of the RS models (side rs; "
+                                      "default %(default)s)")
+    p.add_argument("--lrs-stock", type=float, nargs="+", default=list(DEFAULT_LRS["stock"]),
+                   metavar="LR", help="learning-rate grid of detectron2's models (side stock, "
+                                      "and stock_gn unless --lrs-stock-gn; default %(default)s)")
+    p.add_argument("--lrs-stock-gn", type=float, nargs="+", default=None, metavar="LR",
+                   help="learning-rate grid of detectron2's RetinaNet with GN head (side "
+                        "stock_gn of the atss pair; default: that of --lrs-stock)")
     p.add_argument("--holdout-fraction", type=float, default=0.2,
                    help="share of the train split held out for choosing the learning rate")
     p.add_argument("--curve-points", type=int, default=4,
                    help="val evaluations over training of the seed runs, the end included")
     p.add_argument("--num-train", type=int, default=None, help="train split size (config's if unset)")
     p.add_argument("--num-val", type=int, default=None, help="val split size (config's if unset)")
-    p.add_argument("--output-dir", default="./output/compare_to_detectron2")
+    p.add_argument("--output-dir", default=None,
+                   help=f"default {DEFAULT_OUTPUT_DIR}[_<regime> unless scratch]"
+                        f"[_<max-iter>iter unless {DEFAULT_MAX_ITER}], so that regimes and "
+                        "schedules never mix")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the unevaluated curve checkpoints of the grid runs not chosen")
     p.add_argument("--report-only", action="store_true",
@@ -1143,6 +1311,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error("--holdout-fraction must be in (0, 1)")
     if args.max_iter < 1 or args.curve_points < 1:
         p.error("--max-iter and --curve-points must be >= 1")
+    args.lrs = dict(rs=args.lrs_rs, stock=args.lrs_stock,
+                    stock_gn=args.lrs_stock if args.lrs_stock_gn is None else args.lrs_stock_gn)
+    if args.output_dir is None:
+        args.output_dir = default_output_dir(args.regime, args.max_iter)
     return args
 
 
@@ -1158,13 +1330,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("wrote " + ", ".join(sorted(paths.values())))
         return 0
 
+    check_output_dir(out, args.regime, args.max_iter)
     print("Machine: " + json.dumps(machine_info()))
     print("Versions: " + json.dumps(versions()))
-    missing = [c for d in args.datasets for pr in args.pairs for c in DATASETS[d]["pairs"][pr]
-               if not os.path.exists(os.path.join(REPO, c))]
+    missing = [config_for(args.regime, d, pr, side) for d in args.datasets for pr in args.pairs
+               for side in pair_sides(d, pr)]
+    missing = [c for c in missing if not os.path.exists(os.path.join(REPO, c))]
     if missing:
         raise SystemExit("compare_to_detectron2: missing configs: " + ", ".join(missing)
-                         + " (choose others with --datasets / --pairs)")
+                         + " (choose others with --datasets / --pairs / --regime)")
     planner = Planner(args)
     for d in args.datasets:
         for pr in args.pairs:
@@ -1178,7 +1352,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     n_curve = sum(j["kind"] == "curve" for j in jobs)
     train_s = sum(j["iters"] for j in jobs)
     _, iters = curve_iterations(args.max_iter, args.curve_points)
-    print(f"Plan: {len(args.datasets)} dataset(s) x {len(args.pairs)} pair(s) x 2 models: "
+    models = [(d, pr, side) for d in args.datasets for pr in args.pairs for side in pair_sides(d, pr)]
+    print(f"Plan ({args.regime} regime): {len(args.datasets)} dataset(s) x {len(args.pairs)} "
+          f"pair(s), {len(models)} models: "
           f"{n_train} training runs ({sum(j['kind'] == 'grid' for j in jobs)} grid, "
           f"{sum(j['kind'] == 'seed' for j in jobs)} seed) of {args.max_iter} iterations "
           f"({train_s} in all) and {n_curve} curve evaluations (val at iterations {iters}); "

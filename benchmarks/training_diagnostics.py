@@ -62,6 +62,7 @@ class ProbingTrainer(RSTrainer):
         for name in ("fc1", "fc2"):
             if hasattr(self._box_head, name):
                 out[name] = getattr(self._box_head, name).weight
+                out[name + ".bias"] = getattr(self._box_head, name).bias
         predictor = getattr(model.roi_heads, "box_predictor", None)
         if isinstance(predictor, torch.nn.ModuleList):
             predictor = predictor[0]
@@ -83,6 +84,13 @@ class ProbingTrainer(RSTrainer):
             )
             record["head_grad"][name] = {
                 k: (float(g.norm()) if g is not None else 0.0) for k, g in zip(head, hg)
+                if not k.endswith(".bias")
+            }
+            # Sum of the bias gradient: > 0 means that this loss lowers the layer's
+            # pre-activations on average (gradient descent), i.e. pushes its ReLUs to die.
+            record.setdefault("bias_grad_sum", {})[name] = {
+                k: (float(g.sum()) if g is not None else 0.0) for k, g in zip(head, hg)
+                if k.endswith(".bias")
             }
         for name, act in self._acts.items():
             active = (act > 0).any(dim=0)
@@ -116,6 +124,9 @@ def main(args):
         os.remove(args.out)
     trainer = ProbingTrainer(cfg)
     trainer.resume_or_load(resume=False)
+    if args.stop_at:
+        # Stop early on the config's own schedule (the LR scheduler still spans MAX_ITER).
+        trainer.max_iter = min(trainer.max_iter, args.stop_at)
     return trainer.train()
 
 
@@ -123,4 +134,6 @@ if __name__ == "__main__":
     parser = default_argument_parser()
     parser.add_argument("--probe-period", type=int, default=50)
     parser.add_argument("--out", default="diagnostics.jsonl")
+    parser.add_argument("--stop-at", type=int, default=0,
+                        help="stop after this many iterations of the config's schedule (0: MAX_ITER)")
     main(parser.parse_args())

@@ -19,6 +19,14 @@ def add_rs_config(cfg: CN) -> None:
     # scratch, the balanced Dice (coefficient 3-6) dominates the backbone's gradient and
     # costs box AP; see docs/rs_vs_stock.md. The synthetic configs set False.
     cfg.MODEL.RS.BALANCE_MASK_LOSS = True
+
+    # Training warns when an RS ranking loss (loss_rank, loss_rpn_rank / RPN_HEAD_WEIGHT,
+    # loss_roi_rank[_stageK]) is still >= THRESHOLD (median of the last 20 iterations) at
+    # iteration PERIOD, 2 x PERIOD, ... (rs_detectron2.engine.RankingStallCheck): such a head
+    # has not started to rank. PERIOD 0 turns the check off.
+    cfg.MODEL.RS.RANKING_CHECK = CN()
+    cfg.MODEL.RS.RANKING_CHECK.PERIOD = 500
+    cfg.MODEL.RS.RANKING_CHECK.THRESHOLD = 0.95
     # RS RoI heads pool all proposals (~2x the RoIs of detectron2's sampled 512 per image).
     # On the CPU, compute their ROIAlign as one multi-threaded sparse matrix product
     # (rs_detectron2.layers.SparseROIAlign) instead of torchvision's one-thread loop over

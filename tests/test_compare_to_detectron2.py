@@ -3,6 +3,8 @@
 One dataset, the faster pair, 2 learning rates per model, 2 seeds, 3 iterations, 96 px:
 learning rates chosen on the held-out part of train, JSON/CSV/Markdown/PNG outputs, resume
 (a second invocation trains nothing), and the fit/holdout split. About 50 s on 2 cores.
+Without training: regimes (config folders, output directories, the resume checks), the
+atss pair's three models in the plan (dry runs) and in the report (fake result JSONs).
 """
 import csv
 import glob
@@ -13,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "compare_to_detectron2.py")
@@ -57,7 +60,8 @@ def best_lr(grid):
 def test_whole_pipeline_tiny(tmp_path):
     out = tmp_path / "out"
     log = compare(*tiny_args(tmp_path))
-    assert "Plan: 1 dataset(s) x 1 pair(s) x 2 models: 6 training runs (4 grid, 2 seed)" in log
+    assert ("Plan (scratch regime): 1 dataset(s) x 1 pair(s), 2 models: 6 training runs "
+            "(4 grid, 2 seed)") in log
     assert "Estimated time:" in log and "Machine:" in log and "Versions:" in log
 
     results = [json.load(open(p)) for p in sorted(glob.glob(str(out / "results" / "*.json")))]
@@ -178,3 +182,220 @@ def test_lr_selection_and_curve_points():
     assert cmp.curve_iterations(360, 4) == (90, [90, 180, 270, 360])
     assert cmp.curve_iterations(10, 4) == (3, [3, 6, 9, 10])
     assert cmp.curve_iterations(5, 1) == (5, [5])
+
+
+# ----------------------------------------------------------------------------------------
+# Regimes, the atss pair's third model, resume checks, report: no training
+# ----------------------------------------------------------------------------------------
+ATSS = {"stock": "retinanet_R_18_FPN.yaml", "stock_gn": "retinanet_gn_R_18_FPN.yaml",
+        "rs": "rs_atss_R_18_FPN.yaml"}
+PRETRAINED = {"MODEL.WEIGHTS": "rs_pretrained://test.pth", "MODEL.RESNETS.NORM": "FrozenBN",
+              "MODEL.BACKBONE.FREEZE_AT": 2}
+
+
+def fake_pretrained_configs(folder, overrides=None):
+    """Pretrained twins of the rs_synthetic atss configs in ``folder``, as the real ones
+    are: _BASE_ the scratch config, then the pretrained backbone."""
+    folder.mkdir(exist_ok=True)
+    for side, name in ATSS.items():
+        tree = {"_BASE_": os.path.join(ROOT, "configs", "Synthetic", name)}
+        for key, value in dict(PRETRAINED, **(overrides or {}).get(side, {})).items():
+            *parents, leaf = key.split(".")
+            node = tree
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        (folder / name).write_text(yaml.safe_dump(tree))
+
+
+@pytest.fixture
+def pretrained_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "pretrained"
+    fake_pretrained_configs(folder)
+    monkeypatch.setitem(cmp.CONFIG_DIRS, "pretrained", str(folder))
+    return folder
+
+
+def test_regime_configs_output_dirs_and_grids():
+    assert cmp.config_for("scratch", "rs_synthetic", "mask", "rs") == \
+        "configs/Synthetic/rs_mask_rcnn_R_18_FPN.yaml"
+    assert cmp.config_for("pretrained", "rs_synthetic_hard", "atss", "stock_gn") == \
+        "configs/Synthetic/pretrained/retinanet_gn_R_18_FPN_hard.yaml"
+    assert cmp.pair_sides("rs_synthetic", "atss") == ["stock", "stock_gn", "rs"]
+    assert cmp.pair_sides("rs_synthetic_hard", "mask") == ["stock", "rs"]
+    # Every scratch config exists, and the GN twins differ from stock only in the head norm.
+    for d in cmp.DATASETS:
+        for pair in cmp.PAIRS:
+            for side in cmp.pair_sides(d, pair):
+                assert os.path.exists(os.path.join(ROOT, cmp.config_for("scratch", d, pair, side)))
+    planner = cmp.Planner(cmp.parse_args([]))
+    for d in cmp.DATASETS:
+        assert planner.check_pair(d, "atss") == []
+        stock, gn = (planner.load_cfg(planner.config(d, "atss", s)) for s in ("stock", "stock_gn"))
+        assert (stock.MODEL.RETINANET.NORM, gn.MODEL.RETINANET.NORM) == ("", "GN")
+        assert gn.MODEL.FPN.OUT_CHANNELS % 32 == 0  # GroupNorm(32, channels) of get_norm
+        gn.defrost()
+        gn.MODEL.RETINANET.NORM, gn.OUTPUT_DIR = "", stock.OUTPUT_DIR
+        assert gn == stock
+
+    out = lambda argv: cmp.parse_args(argv).output_dir  # noqa: E731
+    assert out([]) == "./output/compare_to_detectron2"
+    assert out(["--regime", "pretrained"]) == "./output/compare_to_detectron2_pretrained"
+    assert out(["--max-iter", "2000"]) == "./output/compare_to_detectron2_2000iter"
+    assert out(["--regime", "pretrained", "--max-iter", "2000", "--pairs", "mask"]) == \
+        "./output/compare_to_detectron2_pretrained_2000iter"
+    assert out(["--regime", "pretrained", "--output-dir", "/x"]) == "/x"
+
+    args = cmp.parse_args([])
+    assert [cmp.side_lrs(args, s) for s in ("rs", "stock", "stock_gn")] == \
+        [[0.01, 0.02, 0.03], [0.01, 0.03, 0.06], [0.01, 0.03, 0.06]]
+    args = cmp.parse_args(["--lrs-stock", "0.1", "--lrs-stock-gn", "0.2", "0.3"])
+    assert [cmp.side_lrs(args, s) for s in ("rs", "stock", "stock_gn")] == \
+        [[0.01, 0.02, 0.03], [0.1], [0.2, 0.3]]
+
+
+def test_pretrained_specs_and_check_pair(tmp_path, pretrained_dir):
+    args = cmp.parse_args(["--regime", "pretrained", "--output-dir", str(tmp_path / "out")])
+    planner = cmp.Planner(args)
+    spec = planner.spec("rs_synthetic", "atss", "stock_gn", 0.03, 1, "grid", False)
+    assert spec["config"] == str(pretrained_dir / "retinanet_gn_R_18_FPN.yaml")
+    assert spec["regime"] == "pretrained"
+    assert spec["name"] == "pretrained-rs_synthetic-atss-stock_gn-lr0.03-seed1"
+    assert spec["backbone"] == dict(weights="rs_pretrained://test.pth", norm="FrozenBN", freeze_at=2)
+    cfg = planner.load_cfg(spec["config"])
+    assert cfg.MODEL.RETINANET.NORM == "GN" and cfg.MODEL.RESNETS.NORM == "FrozenBN"
+    assert planner.check_pair("rs_synthetic", "atss") == []
+
+    # The backbone settings are shared keys: a pretrained pair must agree on them.
+    fake_pretrained_configs(pretrained_dir, {
+        "stock_gn": {"MODEL.BACKBONE.FREEZE_AT": 0},
+        "stock": {"MODEL.WEIGHTS": "rs_pretrained://other.pth", "MODEL.RESNETS.NORM": "BN"}})
+    diffs = cmp.Planner(args).check_pair("rs_synthetic", "atss")
+    assert sorted(diffs) == sorted([
+        "MODEL.WEIGHTS: RS rs_pretrained://test.pth vs stock rs_pretrained://other.pth",
+        "MODEL.RESNETS.NORM: RS FrozenBN vs stock BN",
+        "MODEL.BACKBONE.FREEZE_AT: RS 2 vs stock_gn 0"])
+
+
+def dry_run(capsys, *argv):
+    assert cmp.main(["--dry-run", "--datasets", "rs_synthetic", "--pairs", "atss", *argv]) == 0
+    return capsys.readouterr().out
+
+
+def test_dry_run_plans_three_models_and_the_rs_grid_once(tmp_path, capsys):
+    log = dry_run(capsys, "--output-dir", str(tmp_path / "out"))
+    assert ("Plan (scratch regime): 1 dataset(s) x 1 pair(s), 3 models: 12 training runs "
+            "(9 grid, 3 seed)") in log
+    runs = [line.split()[1] for line in log.splitlines() if line.startswith("run: ")]
+    expected = [f"scratch-rs_synthetic-atss-{side}-lr{lr}-seed1"
+                for side, lrs in (("stock", "0.01 0.03 0.06"), ("stock_gn", "0.01 0.03 0.06"),
+                                  ("rs", "0.01 0.02 0.03")) for lr in lrs.split()]
+    assert [r for r in runs if r.endswith("-seed1")] == expected  # RS once, in this order
+    assert [r for r in runs if r.endswith("-seed2")] == [
+        f"scratch-rs_synthetic-atss-{side}-lr<chosen>-seed2" for side in ("stock", "stock_gn", "rs")]
+    assert "--config-file configs/Synthetic/retinanet_gn_R_18_FPN.yaml SOLVER.BASE_LR 0.03" in log
+    assert "WARNING" not in log and "retinanet_gn_R_18_FPN_hard" not in log
+
+    log = dry_run(capsys, "--output-dir", str(tmp_path / "out"), "--lrs-stock-gn", "0.02")
+    runs = [line for line in log.splitlines() if line.startswith("run: ") and "-seed1" in line]
+    assert [r for r in runs if "-stock_gn-" in r] == ["run: scratch-rs_synthetic-atss-stock_gn-lr0.02-seed1"]
+    assert len(runs) == 7
+
+
+def test_dry_run_pretrained_uses_its_configs(tmp_path, capsys, pretrained_dir):
+    log = dry_run(capsys, "--regime", "pretrained", "--output-dir", str(tmp_path / "out"))
+    assert "Plan (pretrained regime): 1 dataset(s) x 1 pair(s), 3 models" in log
+    for name in ATSS.values():
+        assert f"--config-file {pretrained_dir / name} " in log
+    assert "configs/Synthetic/rs_atss" not in log
+    assert "run: pretrained-rs_synthetic-atss-rs-lr0.02-seed1" in log
+
+
+def fake_result(out, regime="scratch", max_iter=1000, dataset="rs_synthetic", pair="atss",
+                side="rs", lr=0.01, seed=1, role="grid", box_ap=10.0, holdout_ap=None, **extra):
+    """A finished run's result JSON, with what the report reads."""
+    name = cmp.run_name(regime, dataset, pair, side, lr, seed)
+    val = {"bbox": {"AP": box_ap, "AP50": box_ap + 10, "AP75": box_ap - 1}}
+    r = dict(name=name, regime=regime, dataset=dataset, pair=pair, side=side,
+             model=cmp.MODEL_NAMES[(pair, side)], role=role, lr=lr, seed=seed,
+             max_iter=max_iter, status="ok", holdout_fraction=0.2,
+             holdout_box_AP=box_ap if holdout_ap is None else holdout_ap, val=val,
+             backbone=dict(weights="rs_pretrained://x.pth" if regime == "pretrained" else "",
+                           norm="FrozenBN" if regime == "pretrained" else "BN",
+                           freeze_at=2 if regime == "pretrained" else 0),
+             config=cmp.config_for(regime, dataset, pair, side), opts=[], seconds_per_iter=0.1,
+             train_seconds=100.0, wall_seconds=120.0, ims_per_batch=4, curve_iters=[max_iter],
+             curve=[dict(iter=max_iter // 2, box_AP=box_ap / 2, mask_AP=None),
+                    dict(iter=max_iter, box_AP=box_ap, mask_AP=None)],
+             curve_complete=True, machine=dict(cpu="test CPU"), versions=dict(python="3"),
+             result=os.path.join(out, "results", name + ".json"), **extra)
+    cmp._write_json(r["result"], r)
+    return r
+
+
+def test_output_dir_and_resume_refuse_another_regime_or_max_iter(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    fake_result(out, regime="scratch", max_iter=1000)
+    with pytest.raises(SystemExit, match="regime scratch, --max-iter 1000"):
+        cmp.main(["--dry-run", "--regime", "pretrained", "--output-dir", out])
+    with pytest.raises(SystemExit, match="another setting"):
+        cmp.main(["--dry-run", "--pairs", "mask", "--max-iter", "2000", "--output-dir", out])
+    cmp.check_output_dir(out, "scratch", 1000)
+    # Results made before regimes existed (named without one) are refused too: they would
+    # be trained again under the new names. The report counts them as scratch.
+    legacy = tmp_path / "legacy"
+    r = fake_result(str(legacy))
+    del r["regime"]
+    cmp._write_json(r["result"], r)
+    with pytest.raises(SystemExit, match="before regimes"):
+        cmp.check_output_dir(str(legacy), "scratch", 1000)
+    md = open(cmp.write_report(str(legacy), quiet=True)["md"]).read()
+    assert md.startswith("# RS detectors vs detectron2's stock detectors (scratch regime, 1000 iterations)")
+
+    # The per-run check compares the regime and the schedule too.
+    planner = cmp.Planner(cmp.parse_args(["--output-dir", out]))
+    spec = planner.spec("rs_synthetic", "atss", "rs", 0.01, 1, "grid", False)
+    assert cmp._comparable(dict(spec), spec) is None
+    assert cmp._comparable(dict(spec, regime="pretrained"), spec).startswith("regime:")
+    assert cmp._comparable(dict(spec, max_iter=2000), spec).startswith("max_iter:")
+    assert cmp._comparable(dict(spec, config=cmp.config_for("pretrained", "rs_synthetic", "atss", "rs")),
+                           spec).startswith("config:")
+
+
+def test_report_shows_each_stock_model_against_rs(tmp_path):
+    out = str(tmp_path / "out")
+    aps = {"stock": (10.0, 12.0), "stock_gn": (20.0, 23.0), "rs": (40.0, 42.0)}
+    for side, (ap1, ap2) in aps.items():
+        fake_result(out, "pretrained", 2000, side=side, lr=0.01, box_ap=ap1)
+        fake_result(out, "pretrained", 2000, side=side, lr=0.03, box_ap=1.0)
+        fake_result(out, "pretrained", 2000, side=side, lr=0.01, seed=2, role="seed", box_ap=ap2)
+    paths = cmp.write_report(out, quiet=True)
+    md = open(paths["md"]).read()
+    lines = md.splitlines()
+    assert lines[0] == ("# RS detectors vs detectron2's stock detectors "
+                        "(pretrained regime, 2000 iterations)")
+    assert lines[2].startswith("Regime: pretrained (configs in configs/Synthetic/pretrained/; "
+                               "backbone MODEL.WEIGHTS 'rs_pretrained://x.pth', "
+                               "RESNETS.NORM FrozenBN, BACKBONE.FREEZE_AT 2)")
+    assert "Schedule: --max-iter 2000 iterations" in md
+    rows = [line for line in lines if line.startswith("| ") and "**" in line]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| RetinaNet (detectron2)", "| RetinaNet with GN head (detectron2)", "| RS-ATSS"]
+    assert [row.split(" | ")[2] for row in rows] == ["**11.0**", "**21.5**", "**41.0**"]
+    assert ("RS - stock, mean val box AP: +30.0 (RS-ATSS - RetinaNet (detectron2)).") in lines
+    assert ("RS - stock_gn, mean val box AP: +19.5 "
+            "(RS-ATSS - RetinaNet with GN head (detectron2)).") in lines
+    assert sum("(chosen)" in line for line in lines) == 3
+    with open(paths["csv"]) as f:
+        csv_rows = list(csv.DictReader(f))
+    assert len(csv_rows) == 9 and {r["regime"] for r in csv_rows} == {"pretrained"}
+    assert [r["side"] for r in csv_rows if r["chosen"] == "True"] == ["stock", "stock_gn", "rs"]
+    png = paths["png_rs_synthetic_atss"]
+    assert open(png, "rb").read()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # A pair with the third model not run yet says so.
+    for p in glob.glob(os.path.join(out, "results", "*stock_gn*.json")):
+        os.remove(p)
+    md = open(cmp.write_report(out, quiet=True)["md"]).read()
+    assert "| RetinaNet with GN head (detectron2) | (no runs yet) |" in md
+    assert "RS - stock_gn" not in md and "RS - stock, mean val box AP: +30.0" in md

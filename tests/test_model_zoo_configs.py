@@ -163,3 +163,59 @@ def test_synthetic_lvis_config():
     assert cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler"
     assert cfg.DATALOADER.REPEAT_THRESHOLD == 100 / cfg.DATASETS.RS_SYNTHETIC_LVIS.NUM_TRAIN
     assert cfg.TEST.DETECTIONS_PER_IMAGE == 300 and cfg.INPUT.MASK_FORMAT == "polygon"
+
+
+# ----------------------------------------------------- one synthetic RS recipe
+SYNTHETIC = os.path.join(ROOT, "configs", "Synthetic")
+# What a dataset may change: its data, classes, learning rate and output folder, and for
+# the LVIS-format dataset its data protocol (RFS sampler, polygon masks, LVIS's 300
+# detections per image and score threshold).
+_PER_DATASET = ("DATASETS", "OUTPUT_DIR", "MODEL.ROI_HEADS.NUM_CLASSES", "SOLVER.BASE_LR")
+_LVIS_PROTOCOL = ("DATALOADER.SAMPLER_TRAIN", "DATALOADER.REPEAT_THRESHOLD", "INPUT.MASK_FORMAT",
+                  "TEST.DETECTIONS_PER_IMAGE", "MODEL.ROI_HEADS.SCORE_THRESH_TEST")
+
+
+def _flat(node, prefix=""):
+    out = {}
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if hasattr(v, "items") else {key: v})
+    return out
+
+
+def _recipe(path):
+    flat = _flat(load(os.path.relpath(path, os.path.join(ROOT, "configs"))))
+    return {k: v for k, v in flat.items()
+            if not k.startswith(_PER_DATASET) and not k.startswith(_LVIS_PROTOCOL)}
+
+
+@pytest.mark.parametrize("folder", ["", "pretrained"])
+@pytest.mark.parametrize("model", ["rs_mask_rcnn_R_18_FPN", "rs_faster_rcnn_R_18_FPN",
+                                   "rs_atss_R_18_FPN"])
+def test_one_synthetic_rs_recipe(folder, model):
+    """Every built-in dataset's RS config of a model has the same RS settings: only the
+    dataset, its classes and the learning rate differ (issue: one recipe, no per-dataset
+    loss options such as the mask-loss balancing)."""
+    base = os.path.join(SYNTHETIC, folder)
+    names = sorted(f for f in os.listdir(base)
+                   if f.startswith(model) and f.endswith(".yaml"))
+    if folder and not names:
+        pytest.skip("no pretrained configs")
+    assert len(names) >= 2, names
+    reference = _recipe(os.path.join(base, names[0]))
+    for name in names[1:]:
+        other = _recipe(os.path.join(base, name))
+        diff = {k: (reference.get(k), other.get(k)) for k in set(reference) | set(other)
+                if reference.get(k) != other.get(k)}
+        assert not diff, f"{name} differs from {names[0]} in RS settings: {diff}"
+
+
+def test_synthetic_rs_box_head_is_the_layernorm_head_and_stock_keeps_detectron2s():
+    for name in os.listdir(SYNTHETIC):
+        if not name.endswith(".yaml") or "retinanet" in name or "atss" in name or name.startswith("Base"):
+            continue
+        cfg = load(os.path.join("Synthetic", name))
+        expected = "FastRCNNConvLNFCHead" if name.startswith("rs_") else "FastRCNNConvFCHead"
+        assert cfg.MODEL.ROI_BOX_HEAD.NAME == expected, name
+    for name in sorted(ZOO):  # the published models keep detectron2's head
+        assert load(name).MODEL.ROI_BOX_HEAD.NAME == "FastRCNNConvFCHead", name

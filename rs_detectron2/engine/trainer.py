@@ -27,6 +27,7 @@ from ..config import add_rs_config
 from ..data import register_all_rs_synthetic_from_cfg
 from ..evaluation import OLRPEvaluator, RSLVISEvaluator
 from ..modeling.backbone import check_deformable_backbone
+from .ranking_check import RankingStallCheck
 
 __all__ = ["RSTrainer", "default_rs_setup", "fall_back_to_cpu"]
 
@@ -72,6 +73,8 @@ class RSTrainer(DefaultTrainer):
     Differences from the stock trainer:
 
     * :meth:`build_evaluator` picks the evaluator from the dataset's ``evaluator_type``;
+    * :meth:`build_hooks` adds :class:`RankingStallCheck` (``MODEL.RS.RANKING_CHECK``),
+      which warns when an RS ranking loss has not started to fall;
     * a model on the CPU is wrapped in DistributedDataParallel with ``device_ids=None``,
       so ``train_net.py --num-gpus N`` also works on a CPU-only machine.
     """
@@ -85,6 +88,19 @@ class RSTrainer(DefaultTrainer):
         # seam is the module-level ``create_ddp_model`` it calls, substituted just for now.
         with _cpu_ddp_without_device_ids():
             super().__init__(cfg)
+
+    def build_hooks(self):
+        """detectron2's hooks, plus :class:`RankingStallCheck` before the metric writer when
+        ``MODEL.RS.RANKING_CHECK.PERIOD`` > 0."""
+        hooks = super().build_hooks()
+        check = self.cfg.MODEL.RS.RANKING_CHECK
+        if check.PERIOD > 0:
+            stall = RankingStallCheck(
+                check.PERIOD, check.THRESHOLD,
+                loss_scales={"loss_rpn_rank": self.cfg.MODEL.RS.RPN_HEAD_WEIGHT},
+            )
+            hooks.insert(len(hooks) - 1 if comm.is_main_process() else len(hooks), stall)
+        return hooks
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> nn.Module:

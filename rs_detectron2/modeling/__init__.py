@@ -1,4 +1,5 @@
 """RS heads, registered with detectron2's registries on import."""
+from .ln_box_head import FastRCNNConvLNFCHead
 from .rs_box_losses import balance_to, localisation_quality, score_weighted_giou_loss
 from .rs_cascade_roi_heads import RSCascadeROIHeads
 from .rs_fast_rcnn import RSFastRCNNOutputLayers
@@ -9,6 +10,7 @@ from .backbone import build_small_resnet, build_small_resnet_fpn_backbone
 from .meta_arch import RSATSSHead, RSRetinaNet, atss_match
 
 __all__ = [
+    "FastRCNNConvLNFCHead",
     "RSRPN",
     "RSRetinaNet",
     "RSATSSHead",
