@@ -170,7 +170,8 @@ SYNTHETIC = os.path.join(ROOT, "configs", "Synthetic")
 # What a dataset may change: its data, classes, learning rate and output folder, and for
 # the LVIS-format dataset its data protocol (RFS sampler, polygon masks, LVIS's 300
 # detections per image and score threshold).
-_PER_DATASET = ("DATASETS", "OUTPUT_DIR", "MODEL.ROI_HEADS.NUM_CLASSES", "SOLVER.BASE_LR")
+_PER_DATASET = ("DATASETS", "OUTPUT_DIR", "MODEL.ROI_HEADS.NUM_CLASSES",
+                "MODEL.RETINANET.NUM_CLASSES", "SOLVER.BASE_LR")
 _LVIS_PROTOCOL = ("DATALOADER.SAMPLER_TRAIN", "DATALOADER.REPEAT_THRESHOLD", "INPUT.MASK_FORMAT",
                   "TEST.DETECTIONS_PER_IMAGE", "MODEL.ROI_HEADS.SCORE_THRESH_TEST")
 
