@@ -36,10 +36,10 @@ from .synthetic_glyphs import (
     _FACES,
     _arc,
     _blend,
+    _dress_strokes,
     _glyph_matrix,
     _line_cover,
     _render_strokes,
-    _serifs,
 )
 
 __all__ = [
@@ -119,13 +119,7 @@ def _glyph_outline(ch: str, per_turn: int) -> List[np.ndarray]:
 @functools.lru_cache(maxsize=None)
 def _glyph_strokes(ch: str, face: str) -> Tuple[np.ndarray, ...]:
     """The strokes of ``ch`` in ``face`` (serifs added where the face has them), centred."""
-    per_turn, serifs, _doubled = _FACES[face]
-    strokes = _glyph_outline(ch, per_turn)
-    if serifs:
-        strokes = strokes + _serifs(strokes)
-    pts = np.concatenate(strokes)
-    centre = (pts.min(0) + pts.max(0)) / 2
-    return tuple(s - centre for s in strokes)
+    return _dress_strokes(_glyph_outline(ch, _FACES[face][0]), face)
 
 
 def _glyph_patch(rng: np.random.Generator, ch: str, size: int) -> np.ndarray:

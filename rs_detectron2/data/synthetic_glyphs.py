@@ -204,12 +204,10 @@ def _serifs(strokes: Sequence[np.ndarray]) -> List[np.ndarray]:
     return ticks
 
 
-@functools.lru_cache(maxsize=None)
-def _glyph_strokes(ch: str, face: str) -> Tuple[np.ndarray, ...]:
-    """The strokes of ``ch`` in ``face``, centred on the origin (read-only arrays)."""
-    per_turn, serifs, _doubled = _FACES[face]
-    strokes = _outline(ch, per_turn)
-    if serifs:
+def _dress_strokes(strokes: List[np.ndarray], face: str) -> Tuple[np.ndarray, ...]:
+    """A glyph's outline ``strokes`` in ``face`` (serifs added where the face has them),
+    centred on the origin (read-only arrays)."""
+    if _FACES[face][1]:
         strokes = strokes + _serifs(strokes)
     pts = np.concatenate(strokes)
     centre = (pts.min(0) + pts.max(0)) / 2
@@ -217,6 +215,12 @@ def _glyph_strokes(ch: str, face: str) -> Tuple[np.ndarray, ...]:
     for s in out:
         s.flags.writeable = False
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _glyph_strokes(ch: str, face: str) -> Tuple[np.ndarray, ...]:
+    """The strokes of ``ch`` in ``face``, centred on the origin (read-only arrays)."""
+    return _dress_strokes(_outline(ch, _FACES[face][0]), face)
 
 
 def _render_strokes(strokes: Sequence[np.ndarray], matrix: np.ndarray, thickness: float,
