@@ -15,9 +15,8 @@ def add_rs_config(cfg: CN) -> None:
     # At most this many positive RoIs (a random subset, with their weights) feed the mask head.
     cfg.MODEL.RS.MAX_MASK_ROIS = 200
     # Rescale the mask loss so that its value equals the RoI head's RS loss (the published
-    # recipe). False: the score-weighted Dice loss enters with weight 1. Training from
-    # scratch, the balanced Dice (coefficient 3-6) dominates the backbone's gradient and
-    # costs box AP; see docs/rs_vs_stock.md. The synthetic configs set False.
+    # recipe; every config sets or keeps it). False: the score-weighted Dice loss enters
+    # with weight 1 (an option measured in docs/rs_vs_stock.md, sections 1 and 4).
     cfg.MODEL.RS.BALANCE_MASK_LOSS = True
 
     # Training warns when an RS ranking loss (loss_rank, loss_rpn_rank / RPN_HEAD_WEIGHT,
