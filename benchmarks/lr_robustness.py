@@ -14,6 +14,8 @@ rewritten after every run.
     python benchmarks/lr_robustness.py                                    # the default grid
     python benchmarks/lr_robustness.py --configs configs/Synthetic/rs_mask_rcnn_R_18_FPN_hard.yaml \\
         --lrs 0.06                                                        # one more cell
+    python benchmarks/lr_robustness.py --configs configs/Synthetic/rs_mask_rcnn_R_18_FPN_hard.yaml \
+        --lrs 0.06 -- MODEL.ROI_BOX_HEAD.NAME FastRCNNConvFCHead          # overrides after --
     python benchmarks/lr_robustness.py --report-only
 
 The default grid is the acceptance table of the "no stall" requirement: RS-Mask R-CNN from
@@ -73,8 +75,14 @@ def final_ap(log_text: str) -> List[Optional[float]]:
     return aps
 
 
+def run_tag(config: str, lr: float, extra: Sequence[str]) -> str:
+    """The run's name, with its overrides (so that runs with other overrides never share
+    a folder or a result)."""
+    return run_name(config, lr) + ("-" + "-".join(extra).replace("/", "_") if extra else "")
+
+
 def run_one(config: str, lr: float, out: str, extra: Sequence[str]) -> dict:
-    name = run_name(config, lr)
+    name = run_tag(config, lr, extra)
     run_dir = os.path.join(out, "runs", name)
     os.makedirs(run_dir, exist_ok=True)
     cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", config,
@@ -149,7 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.report_only:
         os.makedirs(os.path.join(args.output_dir, "results"), exist_ok=True)
         for config, lr in grid:
-            tag = run_name(config, lr) + ("-" + "-".join(extra).replace("/", "_") if extra else "")
+            tag = run_tag(config, lr, extra)
             path = os.path.join(args.output_dir, "results", tag + ".json")
             if os.path.exists(path):
                 continue
