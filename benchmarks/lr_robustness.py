@@ -44,7 +44,6 @@ DEFAULT_GRID: List[Tuple[str, float]] = [
     for lr in (0.01, 0.02, 0.03)
 ] + [(SYN + "rs_mask_rcnn_R_18_FPN_hard.yaml", 0.06)]
 _RANK = re.compile(r"^loss_(\w+_)?rank(_stage\d+)?$")
-_COPYPASTE = re.compile(r"copypaste: ([0-9.nan,]+)$")
 
 
 def run_name(config: str, lr: float) -> str:
@@ -64,14 +63,18 @@ def ranking_errors(metrics_path: str, rpn_weight: float, window: int = 20) -> Di
             for k, v in series.items()}
 
 
-def final_ap(log_text: str) -> List[Optional[float]]:
-    """The AP of each "copypaste" table of the log (box first, then mask), in order."""
-    aps = []
-    for line in log_text.splitlines():
-        m = _COPYPASTE.search(line.strip())
-        if m and not m.group(1).startswith("AP"):
-            first = m.group(1).split(",")[0]
-            aps.append(None if first == "nan" else float(first))
+def final_ap(log_text: str) -> Dict[str, Optional[float]]:
+    """The AP of the "bbox" and "segm" tasks in the log's "copypaste" lines (COCO or LVIS
+    AP; the oLRP tasks are skipped), the last table of each task."""
+    lines = [line.split("copypaste: ", 1)[1].strip() for line in log_text.splitlines()
+             if "copypaste: " in line]
+    aps: Dict[str, Optional[float]] = {}
+    for i, line in enumerate(lines):
+        if line.startswith("Task: ") and i + 2 < len(lines):
+            task = line[len("Task: "):]
+            if task in ("bbox", "segm"):
+                first = lines[i + 2].split(",")[0]
+                aps[task] = None if first == "nan" else float(first)
     return aps
 
 
@@ -110,7 +113,7 @@ def run_one(config: str, lr: float, out: str, extra: Sequence[str]) -> dict:
         "name": name, "config": config, "lr": lr, "extra": list(extra),
         "max_iter": cfg.SOLVER.MAX_ITER, "ranking_errors": errors,
         "stall_warned": "has not started to rank" in text,
-        "box_ap": aps[0] if aps else None, "mask_ap": aps[1] if len(aps) > 1 else None,
+        "box_ap": aps.get("bbox"), "mask_ap": aps.get("segm"),
         "seconds": seconds, "machine": cpu_name(),
     }
 
