@@ -166,37 +166,28 @@ CONFIG_DIRS: Dict[str, str] = OrderedDict(
 REGIMES = tuple(CONFIG_DIRS)
 # Run (and report) order of the models of a pair: the stock models, then RS.
 SIDES = ("stock", "stock_gn", "rs")
+# pair -> side -> config name stem; a dataset's files add its suffix ("" or "_hard"), in
+# the regime's folder of CONFIG_DIRS.
+_PAIR_STEMS = OrderedDict(
+    faster=OrderedDict(stock="faster_rcnn_R_18_FPN", rs="rs_faster_rcnn_R_18_FPN"),
+    mask=OrderedDict(stock="mask_rcnn_R_18_FPN", rs="rs_mask_rcnn_R_18_FPN"),
+    atss=OrderedDict(stock="retinanet_R_18_FPN", stock_gn="retinanet_gn_R_18_FPN",
+                     rs="rs_atss_R_18_FPN"),
+)
+
+
+def _pair_configs(suffix: str) -> "OrderedDict[str, OrderedDict[str, str]]":
+    """pair -> side -> config file name of the dataset whose configs end in ``suffix``."""
+    return OrderedDict((pair, OrderedDict((side, f"{stem}{suffix}.yaml") for side, stem in sides.items()))
+                       for pair, sides in _PAIR_STEMS.items())
+
+
 # dataset -> train split, val split, config prefix of its size keys, pairs.
-# pair -> side -> config file name (in the regime's folder of CONFIG_DIRS).
 DATASETS: Dict[str, Dict[str, Any]] = OrderedDict(
-    rs_synthetic=dict(
-        train="rs_synthetic_train",
-        val="rs_synthetic_val",
-        cfg_key="DATASETS.RS_SYNTHETIC",
-        pairs=OrderedDict(
-            faster=OrderedDict(stock="faster_rcnn_R_18_FPN.yaml",
-                               rs="rs_faster_rcnn_R_18_FPN.yaml"),
-            mask=OrderedDict(stock="mask_rcnn_R_18_FPN.yaml",
-                             rs="rs_mask_rcnn_R_18_FPN.yaml"),
-            atss=OrderedDict(stock="retinanet_R_18_FPN.yaml",
-                             stock_gn="retinanet_gn_R_18_FPN.yaml",
-                             rs="rs_atss_R_18_FPN.yaml"),
-        ),
-    ),
-    rs_synthetic_hard=dict(
-        train="rs_synthetic_hard_train",
-        val="rs_synthetic_hard_val",
-        cfg_key="DATASETS.RS_SYNTHETIC_HARD",
-        pairs=OrderedDict(
-            faster=OrderedDict(stock="faster_rcnn_R_18_FPN_hard.yaml",
-                               rs="rs_faster_rcnn_R_18_FPN_hard.yaml"),
-            mask=OrderedDict(stock="mask_rcnn_R_18_FPN_hard.yaml",
-                             rs="rs_mask_rcnn_R_18_FPN_hard.yaml"),
-            atss=OrderedDict(stock="retinanet_R_18_FPN_hard.yaml",
-                             stock_gn="retinanet_gn_R_18_FPN_hard.yaml",
-                             rs="rs_atss_R_18_FPN_hard.yaml"),
-        ),
-    ),
+    rs_synthetic=dict(train="rs_synthetic_train", val="rs_synthetic_val",
+                      cfg_key="DATASETS.RS_SYNTHETIC", pairs=_pair_configs("")),
+    rs_synthetic_hard=dict(train="rs_synthetic_hard_train", val="rs_synthetic_hard_val",
+                           cfg_key="DATASETS.RS_SYNTHETIC_HARD", pairs=_pair_configs("_hard")),
 )
 PAIRS = ("faster", "mask", "atss")
 MODEL_NAMES = {

@@ -25,7 +25,6 @@ rs_synthetic_hard (stock Mask R-CNN's best rate there).
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+from rs_detectron2.engine.ranking_check import ranking_loss_names  # noqa: E402
 SYN = "configs/Synthetic/"
 DEFAULT_GRID: List[Tuple[str, float]] = [
     (SYN + name, lr)
@@ -43,7 +45,6 @@ DEFAULT_GRID: List[Tuple[str, float]] = [
                  "rs_mask_rcnn_R_18_FPN_lvis.yaml")
     for lr in (0.01, 0.02, 0.03)
 ] + [(SYN + "rs_mask_rcnn_R_18_FPN_hard.yaml", 0.06)]
-_RANK = re.compile(r"^loss_(\w+_)?rank(_stage\d+)?$")
 
 
 def run_name(config: str, lr: float) -> str:
@@ -56,9 +57,8 @@ def ranking_errors(metrics_path: str, rpn_weight: float, window: int = 20) -> Di
     with open(metrics_path) as f:
         for line in f:
             row = json.loads(line)
-            for k, v in row.items():
-                if _RANK.match(k):
-                    series.setdefault(k, []).append(float(v))
+            for k in ranking_loss_names(row):
+                series.setdefault(k, []).append(float(row[k]))
     return {k: statistics.median(v[-window:]) / (rpn_weight if k == "loss_rpn_rank" else 1.0)
             for k, v in series.items()}
 
@@ -98,7 +98,6 @@ def run_one(config: str, lr: float, out: str, extra: Sequence[str]) -> dict:
     text = open(os.path.join(run_dir, "console.log")).read()
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed (exit {proc.returncode}); see {run_dir}/console.log")
-    sys.path.insert(0, REPO)
     from detectron2.config import get_cfg
     from rs_detectron2.config import add_rs_config
     cfg = get_cfg()
