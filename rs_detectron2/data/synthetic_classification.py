@@ -34,12 +34,12 @@ from tqdm import tqdm
 from .synthetic_glyphs import (
     _FACE_NAMES,
     _FACES,
-    _arc,
     _blend,
     _dress_strokes,
     _glyph_matrix,
     _line_cover,
     _render_strokes,
+    _stroke_builders,
 )
 
 __all__ = [
@@ -85,14 +85,7 @@ _TEXTURE_ROTATION_JITTER = 8.0  # degrees: orientations 45 degrees apart stay ap
 # --------------------------------------------------------------------------- glyphs
 def _glyph_outline(ch: str, per_turn: int) -> List[np.ndarray]:
     """Strokes of ``ch`` on the unit grid of :mod:`.synthetic_glyphs` (y 0 top, 1 baseline)."""
-    def arc(*a):
-        return _arc(*a, per_turn)
-
-    def line(*pts):
-        return np.array(pts, dtype=np.float64)
-
-    def join(*parts):
-        return np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in parts])
+    arc, line, join = _stroke_builders(per_turn)
 
     bowl_p = join((0.06, 1.0), (0.06, 0.0), (0.36, 0.0), arc(0.36, 0.25, 0.28, 0.25, -90, 90),
                   (0.06, 0.5))

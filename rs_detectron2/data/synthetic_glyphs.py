@@ -115,9 +115,9 @@ def _arc(cx: float, cy: float, rx: float, ry: float, a0: float, a1: float,
     return np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], axis=1)
 
 
-def _outline(ch: str, per_turn: int) -> List[np.ndarray]:
-    """The strokes (polylines, (N, 2) arrays) of character ``ch`` on the unit grid: y from 0
-    (top) to 1 (baseline), x from 0 to about 0.7."""
+def _stroke_builders(per_turn: int):
+    """``arc(cx, cy, rx, ry, a0, a1)``, ``line(*points)`` and ``join(*parts)`` (polylines as
+    float64 (N, 2) arrays, arcs with ``per_turn`` points a full turn) for a glyph's outline."""
     def arc(*a):
         return _arc(*a, per_turn)
 
@@ -126,6 +126,14 @@ def _outline(ch: str, per_turn: int) -> List[np.ndarray]:
 
     def join(*parts):
         return np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in parts])
+
+    return arc, line, join
+
+
+def _outline(ch: str, per_turn: int) -> List[np.ndarray]:
+    """The strokes (polylines, (N, 2) arrays) of character ``ch`` on the unit grid: y from 0
+    (top) to 1 (baseline), x from 0 to about 0.7."""
+    arc, line, join = _stroke_builders(per_turn)
 
     if ch == "O":
         return [arc(0.35, 0.5, 0.35, 0.5, 0, 360)]

@@ -3,7 +3,8 @@
 RS Loss (Oksuz et al., ICCV 2021) trains a classifier to rank every positive above
 every negative (ranking error) and to sort the positives by their localisation
 quality (sorting error). Its gradient is the "Identity Update" of the paper, which is
-defined rather than derived; see ``../shared/docs/RS_LOSS_SPEC.md`` for the contract.
+defined rather than derived: the paper's Algorithm 1, restated in :func:`rank_sort_loss`
+and checked against a float64 loop in ``tests/rank_sort_reference.py``.
 
 The published implementation loops over positives in Python, touching every relevant
 negative each time (O(|P|·|N|) work). Here everything that involves negatives is
