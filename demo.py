@@ -33,9 +33,9 @@ from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-import rs_detectron2  # noqa: F401  (registers the RS modules and the synthetic datasets)
+import rs_detectron2.config  # noqa: F401  (registers the RS heads, datasets and weights)
 from rs_detectron2.config import add_rs_config
-from rs_detectron2.data import register_all_rs_synthetic_from_cfg
+from rs_detectron2.data import register_rs_synthetic_datasets
 from rs_detectron2.engine import fall_back_to_cpu
 
 __all__ = [
@@ -174,7 +174,7 @@ def setup_cfg(config_file: str, opts: Sequence[str], confidence_threshold: float
     message = fall_back_to_cpu(cfg)
     if message is not None:
         logger.warning(message)
-    register_all_rs_synthetic_from_cfg(cfg)
+    register_rs_synthetic_datasets(cfg)
     cfg.freeze()
     return cfg
 

@@ -17,7 +17,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 
-import rs_detectron2  # noqa: F401  (registers the RS modules with detectron2)
+import rs_detectron2.config  # noqa: F401  (registers the RS heads, datasets and weights)
 from rs_detectron2.engine import RSTrainer, default_rs_setup
 
 

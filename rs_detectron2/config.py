@@ -3,15 +3,18 @@ from detectron2.config import CfgNode as CN
 
 
 def add_rs_config(cfg: CN) -> None:
-    """Add the RS Loss keys (``cfg.MODEL.RS``), the evaluation keys (``cfg.TEST.OLRP``) and
-    the built-in synthetic dataset keys (``cfg.DATASETS.RS_SYNTHETIC``,
-    ``cfg.DATASETS.RS_SYNTHETIC_HARD``, ``cfg.DATASETS.RS_SYNTHETIC_LVIS``) to ``cfg``,
-    with the published defaults."""
+    """Add rs_detectron2's keys to ``cfg``, each in the node of the part it configures, with
+    the published defaults: the RS loss and RS R-CNN recipe (``cfg.MODEL.RS``), the one-stage
+    RS detectors (``cfg.MODEL.RS_RETINANET``), the one-stage FPN's P6/P7
+    (``cfg.MODEL.FPN.P6P7_TOP_BLOCK``), the sparse CPU ROIAlign of each pooler
+    (``cfg.MODEL.ROI_*_HEAD.POOLER_SPARSE_CPU``), CARAFE (``cfg.MODEL.CARAFE``), oLRP
+    (``cfg.TEST.OLRP``) and the built-in synthetic datasets (``cfg.DATASETS.RS_SYNTHETIC*``).
+    Keys of earlier releases that moved raise a KeyError naming the new key when a config
+    sets them. The RS-RPN's loss weight is detectron2's ``MODEL.RPN.LOSS_WEIGHT`` (the RS
+    configs set the published 0.2)."""
     cfg.MODEL.RS = CN()
     # Smoothing δ of the step function in RS Loss (0 = hard step).
     cfg.MODEL.RS.DELTA = 0.5
-    # Weight of all three RS-RPN losses (rank, sort, box).
-    cfg.MODEL.RS.RPN_HEAD_WEIGHT = 0.2
     # At most this many positive RoIs (a random subset, with their weights) feed the mask head.
     cfg.MODEL.RS.MAX_MASK_ROIS = 200
     # Rescale the mask loss so that its value equals the RoI head's RS loss (the published
@@ -19,31 +22,37 @@ def add_rs_config(cfg: CN) -> None:
     # with weight 1 (an option measured in docs/rs_vs_stock.md, sections 1 and 4).
     cfg.MODEL.RS.BALANCE_MASK_LOSS = True
 
-    # Training warns when an RS ranking loss (loss_rank, loss_rpn_rank / RPN_HEAD_WEIGHT,
+    # Training warns when an RS ranking loss (loss_rank, loss_rpn_rank / MODEL.RPN.LOSS_WEIGHT,
     # loss_roi_rank[_stageK]) is still >= THRESHOLD (median of the last 20 iterations) at
     # iteration PERIOD, 2 x PERIOD, ... (rs_detectron2.engine.RankingStallCheck): such a head
     # has not started to rank. PERIOD 0 turns the check off.
     cfg.MODEL.RS.RANKING_CHECK = CN()
     cfg.MODEL.RS.RANKING_CHECK.PERIOD = 500
     cfg.MODEL.RS.RANKING_CHECK.THRESHOLD = 0.95
-    # RS RoI heads pool all proposals (~2x the RoIs of detectron2's sampled 512 per image).
-    # On the CPU, compute their ROIAlign as one multi-threaded sparse matrix product
-    # (rs_detectron2.layers.SparseROIAlign) instead of torchvision's one-thread loop over
-    # the RoIs; same results up to float summation order. Other devices use torchvision.
-    cfg.MODEL.RS.SPARSE_CPU_ROI_ALIGN = True
+    # Pooler-level, for any RoI heads (detectron2's too): compute the head's ROIAlign on the
+    # CPU as one multi-threaded sparse matrix product (rs_detectron2.layers.SparseROIAlign)
+    # instead of torchvision's one-thread loop over the RoIs; same results up to float
+    # summation order; other devices use torchvision. The RS RoI heads pool all proposals
+    # (~2x the RoIs of detectron2's sampled 512 per image), so the RS configs turn it on.
+    # Applied by RSTrainer.build_model (rs_detectron2.modeling.use_sparse_cpu_poolers).
+    for node in ("ROI_BOX_HEAD", "ROI_MASK_HEAD", "ROI_KEYPOINT_HEAD"):
+        cfg.MODEL[node].POOLER_SPARSE_CPU = False
 
-    # RSRetinaNet (one-stage): anchor assignment, "atss" (RS-ATSS) or "iou" (detectron2's
-    # RetinaNet matcher with MODEL.RETINANET.IOU_THRESHOLDS / IOU_LABELS: RS-RetinaNet).
-    cfg.MODEL.RS.ONE_STAGE_ASSIGNER = "atss"
+    # RSRetinaNet (one-stage RS detectors on detectron2's RetinaNet meta-architecture).
+    cfg.MODEL.RS_RETINANET = CN()
+    # Anchor assignment: "atss" (RS-ATSS) or "iou" (detectron2's RetinaNet matcher with
+    # MODEL.RETINANET.IOU_THRESHOLDS / IOU_LABELS: RS-RetinaNet).
+    cfg.MODEL.RS_RETINANET.ASSIGNER = "atss"
     # ATSS: candidate anchors per pyramid level and ground truth (closest centres).
-    cfg.MODEL.RS.ATSS_TOPK = 9
-    # RSRetinaNet's head, by name in RS_ONE_STAGE_HEAD_REGISTRY: "RSATSSHead" (a learnable
-    # scale per level on the box deltas, no centerness) or detectron2's "RetinaNetHead".
-    cfg.MODEL.RS.ONE_STAGE_HEAD = "RSATSSHead"
+    cfg.MODEL.RS_RETINANET.ATSS_TOPK = 9
+    # The head, by name in RS_ONE_STAGE_HEAD_REGISTRY: "RSATSSHead" (a learnable scale per
+    # level on the box deltas, no centerness) or detectron2's "RetinaNetHead".
+    cfg.MODEL.RS_RETINANET.HEAD_NAME = "RSATSSHead"
     # P6/P7 of the one-stage FPN backbones (build_retinanet_*_fpn_backbone of
-    # rs_detectron2.modeling.backbone): "P5_NO_RELU" (published ATSS: P6 from P5's output,
-    # no ReLU before P7) or "RES5_RELU" (detectron2's RetinaNet).
-    cfg.MODEL.RS.P6P7_TOP_BLOCK = "P5_NO_RELU"
+    # rs_detectron2.modeling.backbone; detectron2's own builders do not read it):
+    # "P5_NO_RELU" (published ATSS: P6 from P5's output, no ReLU before P7) or "RES5_RELU"
+    # (detectron2's RetinaNet).
+    cfg.MODEL.FPN.P6P7_TOP_BLOCK = "P5_NO_RELU"
 
     # RSCascadeROIHeads: the published (mmdetection) cascade where it needs code; each
     # default is the published behaviour. False / True / False would be detectron2's.
@@ -77,9 +86,11 @@ def add_rs_config(cfg: CN) -> None:
     # RS_SYNTHETIC_HARD: look-alike glyphs on cluttered backgrounds (rs_synthetic_hard_*);
     # RS_SYNTHETIC_LVIS: long-tailed, LVIS format (rs_synthetic_lvis_*); its tail scales
     # with NUM_TRAIN.
-    for key, image_size in (("RS_SYNTHETIC", 256), ("RS_SYNTHETIC_HARD", 192),
-                            ("RS_SYNTHETIC_LVIS", 192)):
-        _add_synthetic_dataset_keys(cfg, key, image_size)
+    _add_synthetic_dataset_keys(cfg)
+
+    for old, new in _RENAMED_KEYS:
+        if not cfg.key_is_renamed(old):  # add_rs_config may be called twice on one config
+            cfg.register_renamed_key(old, new, message=_RENAMED_MESSAGE)
 
     # oLRP evaluation (rs_detectron2.evaluation.OLRPEvaluator), next to COCO / LVIS AP.
     cfg.TEST.OLRP = CN()
@@ -87,15 +98,40 @@ def add_rs_config(cfg: CN) -> None:
     cfg.TEST.OLRP.ENABLED = True
 
 
-def _add_synthetic_dataset_keys(cfg: CN, key: str, image_size: int) -> None:
-    """``cfg.DATASETS.<key>``: the generation keys of one built-in synthetic family."""
-    node = cfg.DATASETS[key] = CN()
-    # Cache folder of the generated dataset; "" = $DETECTRON2_DATASETS or ./datasets.
-    node.ROOT = ""
-    # Number of generated training / validation images.
-    node.NUM_TRAIN = 1000
-    node.NUM_VAL = 200
-    # Side of the square generated images, in pixels (object sizes scale with it).
-    node.IMAGE_SIZE = image_size
-    # Seed of the generator; the same keys always give the same images.
-    node.SEED = 0
+# Keys moved to the node of the part they configure (release 0.2). A config that still sets
+# an old name fails to merge with a KeyError naming the new one.
+_RENAMED_KEYS = (
+    ("MODEL.RS.RPN_HEAD_WEIGHT", "MODEL.RPN.LOSS_WEIGHT"),
+    ("MODEL.RS.SPARSE_CPU_ROI_ALIGN", "MODEL.ROI_BOX_HEAD.POOLER_SPARSE_CPU"),
+    ("MODEL.RS.ONE_STAGE_ASSIGNER", "MODEL.RS_RETINANET.ASSIGNER"),
+    ("MODEL.RS.ATSS_TOPK", "MODEL.RS_RETINANET.ATSS_TOPK"),
+    ("MODEL.RS.ONE_STAGE_HEAD", "MODEL.RS_RETINANET.HEAD_NAME"),
+    ("MODEL.RS.P6P7_TOP_BLOCK", "MODEL.FPN.P6P7_TOP_BLOCK"),
+)
+_RENAMED_MESSAGE = ("rs_detectron2 0.2 moved it to the node of the part it configures "
+                    "(README, 'Config keys'); MODEL.RS.SPARSE_CPU_ROI_ALIGN is now one key per "
+                    "pooler (ROI_BOX_HEAD / ROI_MASK_HEAD / ROI_KEYPOINT_HEAD.POOLER_SPARSE_CPU)")
+
+
+def _add_synthetic_dataset_keys(cfg: CN) -> None:
+    """``cfg.DATASETS.<FAMILY>`` for each built-in synthetic family: its generation keys,
+    defaulting to ``rs_detectron2.data.RS_SYNTHETIC_DEFAULTS`` (the sizes of the shipped
+    configs), which importing ``rs_detectron2.data`` registers: one place for the numbers."""
+    from .data import RS_SYNTHETIC_DEFAULTS, RS_SYNTHETIC_FAMILIES  # (imported below)
+
+    for family in RS_SYNTHETIC_FAMILIES:
+        node = cfg.DATASETS[family.upper()] = CN()
+        # Cache folder of the generated dataset; "" = $DETECTRON2_DATASETS or ./datasets.
+        node.ROOT = ""
+        # Number of generated training / validation images.
+        node.NUM_TRAIN = RS_SYNTHETIC_DEFAULTS.num_train
+        node.NUM_VAL = RS_SYNTHETIC_DEFAULTS.num_val
+        # Side of the square generated images, in pixels (object sizes scale with it).
+        node.IMAGE_SIZE = RS_SYNTHETIC_DEFAULTS.image_size
+        # Seed of the generator; the same keys always give the same images.
+        node.SEED = RS_SYNTHETIC_DEFAULTS.seed
+
+
+# Whoever configures an RS model gets its parts registered with detectron2 (heads, built-in
+# datasets, rs_pretrained:// weights). Imported last: these modules may import this one.
+from . import data, modeling, pretrained_weights  # noqa: E402,F401

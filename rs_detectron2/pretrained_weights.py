@@ -29,7 +29,7 @@ from detectron2.utils.file_io import PathManager
 
 from . import pretraining
 from .config import add_rs_config
-from .data.builtin import _default_root
+from .data.builtin import default_datasets_root
 from .data.synthetic_classification import CLASSIFICATION_GENERATOR_VERSION
 
 __all__ = [
@@ -102,7 +102,7 @@ def pretrained_cache_path(name: str, root: Optional[str] = None,
     r = recipe if recipe is not None else pretraining.DEFAULT_RECIPE
     tag = (f"v{pretraining.PRETRAINING_VERSION}_cls{CLASSIFICATION_GENERATOR_VERSION}"
            f"_img{r.image_size}_n{r.num_train}_it{r.iterations}_seed{r.seed}")
-    return os.path.join(os.path.abspath(root or _default_root()), "rs_pretrained", tag, name)
+    return os.path.join(os.path.abspath(root or default_datasets_root()), "rs_pretrained", tag, name)
 
 
 def get_pretrained_checkpoint(name: str, root: Optional[str] = None) -> str:

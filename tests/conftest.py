@@ -30,5 +30,5 @@ def _restore_builtin_dataset_registration():
     }.items():
         if train in before and val in before:
             t, v = before[train], before[val]
-            builtin._register_family(family, t["root"], t["num_images"], v["num_images"],
-                                     t["image_size"], t["seed"])
+            builtin.register_rs_synthetic_family(family, t["root"], t["num_images"],
+                                                 v["num_images"], t["image_size"], t["seed"])

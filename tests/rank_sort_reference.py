@@ -1,4 +1,4 @@
-"""A slow, obviously-correct RS Loss written line by line from RS_LOSS_SPEC.md.
+"""A slow, obviously-correct RS Loss written line by line from docs/rs_loss.md (sections 2-3).
 
 A plain Python loop over the positives, float64 NumPy, nothing clever: the parity tests
 compare the fast loss against it. It returns the two losses and the ranking and sorting

@@ -43,7 +43,7 @@ def no_synthetic_registration(monkeypatch):
     """In-process setups skip the built-in synthetic datasets (they are not under test
     here); records the configs they were asked to register."""
     calls = []
-    monkeypatch.setattr(rs_trainer_module, "register_all_rs_synthetic_from_cfg", calls.append)
+    monkeypatch.setattr(rs_trainer_module, "register_rs_synthetic_datasets", calls.append)
     return calls
 
 

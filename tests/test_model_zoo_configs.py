@@ -92,14 +92,15 @@ ONE_STAGE = {
 
 @pytest.mark.parametrize("name", sorted(ONE_STAGE))
 def test_one_stage_model(name):
-    """RS-ATSS as published (HEADS_SPEC.md): ATSS, GN towers with per-level scales, P6 from
-    P5 without ReLU, ratio 1 x 3 scales, deltas (10, 10, 5, 5), lr 0.008 at batch 16, weight
-    decay on GroupNorm, the 1x schedule; RS-RetinaNet: detectron2's anchors and matcher."""
+    """RS-ATSS as published (docs/heads.md, section 6): ATSS, GN towers with per-level
+    scales, P6 from P5 without ReLU, ratio 1 x 3 scales, deltas (10, 10, 5, 5), lr 0.008 at
+    batch 16, weight decay on GroupNorm, the 1x schedule; RS-RetinaNet: detectron2's anchors
+    and matcher."""
     assigner, head, top_block, per_location, box_ap = ONE_STAGE[name]
     cfg = load(name)
     assert cfg.MODEL.META_ARCHITECTURE == "RSRetinaNet"
-    assert (cfg.MODEL.RS.ONE_STAGE_ASSIGNER, cfg.MODEL.RS.ONE_STAGE_HEAD,
-            cfg.MODEL.RS.P6P7_TOP_BLOCK) == (assigner, head, top_block)
+    assert (cfg.MODEL.RS_RETINANET.ASSIGNER, cfg.MODEL.RS_RETINANET.HEAD_NAME,
+            cfg.MODEL.FPN.P6P7_TOP_BLOCK) == (assigner, head, top_block)
     sizes, ratios = cfg.MODEL.ANCHOR_GENERATOR.SIZES, cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS
     assert len(sizes[0]) * len(ratios[0]) == per_location
     for level, stride in enumerate((8, 16, 32, 64, 128)):  # 3 scales per octave, base 4
@@ -110,7 +111,7 @@ def test_one_stage_model(name):
             cfg.MODEL.RETINANET.NMS_THRESH_TEST, cfg.TEST.DETECTIONS_PER_IMAGE) == \
         (0.05, 1000, 0.6, 100)
     if assigner == "atss":
-        assert cfg.MODEL.RETINANET.NORM == "GN" and cfg.MODEL.RS.ATSS_TOPK == 9
+        assert cfg.MODEL.RETINANET.NORM == "GN" and cfg.MODEL.RS_RETINANET.ATSS_TOPK == 9
         assert tuple(cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS) == (10.0, 10.0, 5.0, 5.0)
     assert cfg.SOLVER.IMS_PER_BATCH == 16 and cfg.SOLVER.BASE_LR == 0.008
     assert cfg.SOLVER.WEIGHT_DECAY_NORM == 0.0001

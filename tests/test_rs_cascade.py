@@ -16,7 +16,7 @@ from detectron2.modeling.roi_heads import CascadeROIHeads
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-import rs_detectron2  # noqa: F401  (registers the heads)
+import rs_detectron2.config  # noqa: F401  (registers the heads)
 from rs_detectron2 import add_rs_config
 from rs_detectron2.modeling import RSFastRCNNOutputLayers
 from rs_detectron2.modeling.rs_cascade_roi_heads import RSCascadeROIHeads

@@ -11,10 +11,10 @@ from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-import rs_detectron2  # noqa: F401  (registers the heads)
+import rs_detectron2.config  # noqa: F401  (registers the heads)
 from rs_detectron2 import add_rs_config
 from rs_detectron2.modeling import RSFastRCNNOutputLayers, weighted_dice_loss
-from rs_detectron2.modeling import rs_fast_rcnn
+from rs_detectron2.modeling import rs_head_recipe
 from rs_detectron2.modeling.rs_roi_heads import keep_random_subset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -194,13 +194,13 @@ def test_rs_predictor_toy_case_by_hand(monkeypatch):
 
     predictor = RSFastRCNNOutputLayers(cfg, ShapeSpec(channels=8))
     seen = {}
-    real_loss = rs_fast_rcnn.rank_sort_loss
+    real_loss = rs_head_recipe.rank_sort_loss
 
     def spy(logits, targets, delta):
         seen["targets"] = targets.clone()
         return real_loss(logits, targets, delta)
 
-    monkeypatch.setattr(rs_fast_rcnn, "rank_sort_loss", spy)
+    monkeypatch.setattr(rs_head_recipe, "rank_sort_loss", spy)
     props = Instances((100, 100))
     props.proposal_boxes = Boxes(torch.tensor([[0, 0, 10, 10], [20, 20, 40, 40], [60, 60, 80, 80.0]]))
     props.gt_boxes = Boxes(torch.tensor([[0, 0, 10, 10], [20, 20, 40, 40], [0, 0, 10, 10.0]]))
@@ -216,7 +216,9 @@ def test_rs_predictor_toy_case_by_hand(monkeypatch):
     expected_targets = torch.tensor([[0.0, 1 / 3], [0.5, 0.0], [0.0, 0.0]])
     assert torch.allclose(seen["targets"], expected_targets, atol=1e-6)
     # Weights: highest sigmoid score of each proposal.
-    assert torch.allclose(props.rs_weights, torch.tensor([0.75, 0.2, 1 / (1 + math.exp(-1))]), atol=1e-6)
+    assert torch.allclose(predictor.score_weights((scores, deltas)),
+                          torch.tensor([0.75, 0.2, 1 / (1 + math.exp(-1))]), atol=1e-6)
+    assert not props.has("score_weights")  # the predictor's losses write nothing on proposals
     # GIoU losses: 1 - 1/3 (no enclosing gap) and 1 - 1/2, weighted by 0.75 and 0.2.
     giou = (0.75 * (2 / 3) + 0.2 * 0.5) / (0.75 + 0.2)
     rs = float(losses["loss_roi_rank"] + losses["loss_roi_sort"])
@@ -235,7 +237,7 @@ def test_weighted_dice_by_hand():
     left[:, :4] = True
     inst.gt_masks = BitMasks(torch.stack([full, left]))
     inst.gt_classes = torch.tensor([0, 1])
-    inst.rs_weights = torch.tensor([0.5, 1.5])
+    inst.score_weights = torch.tensor([0.5, 1.5])
     logits = torch.full((2, 2, 4, 4), -30.0)
     logits[0, 0] = 30.0  # RoI 0, its class 0: all ones -> dice 0
     logits[1, 1, :, :2] = 30.0  # RoI 1, its class 1: exactly the left half -> dice 0
@@ -292,3 +294,93 @@ def test_every_config_trains_one_iteration(config):
     else:  # detectron2's stock baselines of the comparison
         assert {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"} <= set(losses)
     assert ("loss_mask" in losses) == cfg.MODEL.MASK_ON
+
+
+def _training_losses(cfg, seed=0):
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    model.train()
+    with EventStorage():
+        return {k: float(v) for k, v in model(make_batch()).items()}
+
+
+def test_rpn_loss_weight_scales_the_rs_rpn_losses():
+    """MODEL.RPN.LOSS_WEIGHT is honoured (0.2 in the RS configs): 0.5 halves every RS-RPN
+    loss and leaves the others alone; BBOX_REG_LOSS_WEIGHT scales the box loss once more."""
+    base_cfg = tiny_cfg()
+    assert base_cfg.MODEL.RPN.LOSS_WEIGHT == 0.2
+    base_cfg.MODEL.RPN.LOSS_WEIGHT = 1.0
+    base = _training_losses(base_cfg)
+    half_cfg = tiny_cfg()
+    half_cfg.MODEL.RPN.LOSS_WEIGHT = 0.5
+    half = _training_losses(half_cfg)
+    box_cfg = tiny_cfg()
+    box_cfg.MODEL.RPN.LOSS_WEIGHT = 1.0
+    box_cfg.MODEL.RPN.BBOX_REG_LOSS_WEIGHT = 3.0
+    box = _training_losses(box_cfg)
+    for name in ("loss_rpn_rank", "loss_rpn_sort", "loss_rpn_box"):
+        assert base[name] > 0 and abs(half[name] - 0.5 * base[name]) < 1e-6 * max(1.0, base[name])
+    assert abs(box["loss_rpn_box"] - 3.0 * base["loss_rpn_box"]) < 1e-5
+    assert abs(box["loss_rpn_rank"] - base["loss_rpn_rank"]) < 1e-6
+    for name in ("loss_roi_rank", "loss_roi_sort", "loss_roi_box", "loss_mask"):
+        assert abs(half[name] - base[name]) < 1e-6, name
+
+
+def test_box_predictor_loss_weight_scales_the_box_loss():
+    cfg = tiny_cfg()
+    base = _training_losses(cfg)
+    cfg = tiny_cfg()
+    cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT = 2.0
+    doubled = _training_losses(cfg)
+    assert abs(doubled["loss_roi_box"] - 2.0 * base["loss_roi_box"]) < 1e-5
+    assert abs(doubled["loss_roi_rank"] - base["loss_roi_rank"]) < 1e-6
+
+
+def test_keys_the_rs_heads_ignore_are_named_once(caplog):
+    import logging
+
+    cfg = tiny_cfg()
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 256
+    cfg.MODEL.RPN.POSITIVE_FRACTION = 0.25
+    logger = logging.getLogger("rs_detectron2")  # may not propagate (setup_logger)
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="rs_detectron2"):
+            build_model(cfg)
+            build_model(cfg)
+    finally:
+        logger.removeHandler(caplog.handler)
+    records = {id(r): r for r in caplog.records}.values()  # one record may reach it twice
+    messages = [r.getMessage() for r in records if "ignores" in r.getMessage()]
+    assert sum("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 256" in m for m in messages) == 1
+    assert sum("MODEL.RPN.POSITIVE_FRACTION = 0.25" in m for m in messages) == 1
+    assert not any("BBOX_REG_LOSS_TYPE" in m for m in messages)  # left at its default
+
+
+def test_mask_branch_gets_score_weights_as_an_argument_only():
+    """The box branch hands the mask branch each RoI's score through the RoIs it is given
+    (a field of copies), not by writing on the proposals or on the heads."""
+    model = build_model(tiny_cfg())
+    model.train()
+    seen = {}
+    real_forward_mask = model.roi_heads._forward_mask
+
+    def spy(features, instances):
+        seen["fields"] = [set(x.get_fields()) for x in instances]
+        return real_forward_mask(features, instances)
+
+    model.roi_heads._forward_mask = spy
+    state_before = set(vars(model.roi_heads))
+    with EventStorage():
+        model(make_batch())
+    assert all("score_weights" in f for f in seen["fields"])
+    assert set(vars(model.roi_heads)) == state_before
+
+
+def test_rs_mask_head_says_what_it_needs():
+    inst = Instances((8, 8))
+    inst.proposal_boxes = Boxes(torch.tensor([[0, 0, 8, 8.0]]))
+    inst.gt_masks = BitMasks(torch.ones(1, 8, 8, dtype=torch.bool))
+    inst.gt_classes = torch.tensor([0])
+    with pytest.raises(ValueError, match="score_weights"):
+        weighted_dice_loss(torch.zeros(1, 1, 4, 4), [inst])

@@ -180,7 +180,7 @@ def test_images_without_annotations_give_finite_losses():
 
 
 def test_assigner_choice():
-    iou = build_model(tiny_cfg("MODEL.RS.ONE_STAGE_ASSIGNER", "iou"))
+    iou = build_model(tiny_cfg("MODEL.RS_RETINANET.ASSIGNER", "iou"))
     atss = build_model(tiny_cfg())
     images = batch(with_empty=False)
     gt = [images[0]["instances"]]
@@ -192,10 +192,10 @@ def test_assigner_choice():
     assert not (labels_atss[0] == -1).any()  # ATSS ignores nothing
     assert (labels_iou[0] == -1).any()  # detectron2's matcher: IoU in [0.4, 0.5) ignored
     assert not torch.equal(labels_atss[0], labels_iou[0])
-    with pytest.raises(ValueError, match="ONE_STAGE_ASSIGNER"):
-        build_model(tiny_cfg("MODEL.RS.ONE_STAGE_ASSIGNER", "sampling"))
-    with pytest.raises(ValueError, match="P6P7_TOP_BLOCK"):
-        build_model(tiny_cfg("MODEL.RS.P6P7_TOP_BLOCK", "P6_ONLY"))
+    with pytest.raises(ValueError, match="RS_RETINANET.ASSIGNER"):
+        build_model(tiny_cfg("MODEL.RS_RETINANET.ASSIGNER", "sampling"))
+    with pytest.raises(ValueError, match="FPN.P6P7_TOP_BLOCK"):
+        build_model(tiny_cfg("MODEL.FPN.P6P7_TOP_BLOCK", "P6_ONLY"))
 
 
 def test_p6_p7_from_p5_without_relu():

@@ -7,12 +7,12 @@ import torch
 from torchvision.ops import roi_align
 
 from detectron2.config import get_cfg
-from detectron2.layers import ROIAlign, ShapeSpec
+from detectron2.layers import ROIAlign
 from detectron2.modeling.poolers import ROIPooler
-from detectron2.modeling.roi_heads import build_roi_heads
 from detectron2.structures import Boxes
 
 from rs_detectron2.config import add_rs_config
+from rs_detectron2.engine import RSTrainer
 from rs_detectron2.layers import SparseROIAlign, sparse_roi_align, use_sparse_roi_align
 
 # The module (its function of the same name shadows it in rs_detectron2.layers).
@@ -184,27 +184,48 @@ def test_pooler_with_sparse_levels_matches_detectron2():
 
 
 def test_other_pooler_types_fail_loudly():
-    with pytest.raises(ValueError, match="SPARSE_CPU_ROI_ALIGN"):
+    with pytest.raises(ValueError, match="POOLER_SPARSE_CPU"):
         use_sparse_roi_align(_pooler("ROIPool"))
 
 
+@pytest.mark.parametrize("roi_heads", ["RSStandardROIHeads", "StandardROIHeads"])
 @pytest.mark.parametrize("enabled", [True, False])
-def test_rs_roi_heads_use_it_when_configured(enabled):
+def test_roi_heads_use_it_when_configured(enabled, roi_heads):
+    """POOLER_SPARSE_CPU of each pooler's node, applied by RSTrainer.build_model, for the RS
+    and for detectron2's own RoI heads."""
     cfg = get_cfg()
     add_rs_config(cfg)
-    cfg.MODEL.ROI_HEADS.NAME = "RSStandardROIHeads"
+    cfg.MODEL.BACKBONE.NAME = "build_small_resnet_fpn_backbone"
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 16
+    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 8
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.FPN.OUT_CHANNELS = 16
+    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[16], [32], [64], [128], [256]]
+    cfg.MODEL.ROI_HEADS.NAME = roi_heads
     cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
     cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
     cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 2
     cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlignV2"
     cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE = "ROIAlignV2"
     cfg.MODEL.MASK_ON = True
-    cfg.MODEL.RS.SPARSE_CPU_ROI_ALIGN = enabled
-    shapes = {f"p{i}": ShapeSpec(channels=16, stride=2 ** i) for i in range(2, 6)}
-    heads = build_roi_heads(cfg, shapes)
-    expected = SparseROIAlign if enabled else ROIAlign
-    for pooler in (heads.box_pooler, heads.mask_pooler):
-        assert all(type(level) is expected for level in pooler.level_poolers)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_SPARSE_CPU = enabled
+    cfg.MODEL.ROI_MASK_HEAD.POOLER_SPARSE_CPU = not enabled
+    model = RSTrainer.build_model(cfg)
+    box_type = SparseROIAlign if enabled else ROIAlign
+    mask_type = ROIAlign if enabled else SparseROIAlign
+    assert all(type(level) is box_type for level in model.roi_heads.box_pooler.level_poolers)
+    assert all(type(level) is mask_type for level in model.roi_heads.mask_pooler.level_poolers)
+
+
+def test_old_key_names_fail_with_the_new_one():
+    cfg = get_cfg()
+    add_rs_config(cfg)
+    with pytest.raises(KeyError, match="POOLER_SPARSE_CPU"):
+        cfg.merge_from_list(["MODEL.RS.SPARSE_CPU_ROI_ALIGN", "False"])
 
 
 def test_module_on_cpu_equals_detectron2_roialign():

@@ -1,4 +1,5 @@
 """The built-in synthetic dataset: determinism, COCO validity, caching and registration."""
+import glob
 import itertools
 import json
 import logging
@@ -16,23 +17,36 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+from detectron2.engine import default_argument_parser
 from detectron2.structures import BitMasks, BoxMode
 
 from rs_detectron2.config import add_rs_config
 from rs_detectron2.data import (
+    RS_SYNTHETIC_DEFAULTS,
+    RS_SYNTHETIC_FAMILIES,
+    RS_SYNTHETIC_HARD_SPLITS,
+    RS_SYNTHETIC_LVIS_SPLITS,
+    RS_SYNTHETIC_SPLITS,
     SYNTHETIC_CLASSES,
     generate_synthetic_image,
     generate_synthetic_split,
     prepare_rs_synthetic,
     register_rs_synthetic,
+    register_rs_synthetic_datasets,
     register_rs_synthetic_from_cfg,
 )
-from rs_detectron2.data import synthetic_shapes
+from rs_detectron2.data import synthetic_core, synthetic_shapes
 from rs_detectron2.data.synthetic_shapes import GENERATOR_VERSION
+from rs_detectron2.engine import default_rs_setup
 
 from .synthetic_checks import read_pixels, tight_box
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = ("rs_synthetic_train", "rs_synthetic_val")
+ALL_NAMES = (*RS_SYNTHETIC_SPLITS, *RS_SYNTHETIC_HARD_SPLITS, *RS_SYNTHETIC_LVIS_SPLITS)
+SYNTHETIC_CONFIGS = sorted(
+    os.path.relpath(p, os.path.join(ROOT, "configs", "Synthetic"))
+    for p in glob.glob(os.path.join(ROOT, "configs", "Synthetic", "**", "*.yaml"), recursive=True))
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +165,7 @@ class _Recorder(logging.Handler):
 def test_cache_reused(tmp_path, monkeypatch):
     # Record the generator's own log lines, whatever logging other tests set up.
     recorder = _Recorder()
-    module_logger = synthetic_shapes.logger
+    module_logger = synthetic_core.logger  # write_coco_split, shared by the generators
     old_level = module_logger.level
     module_logger.setLevel(logging.INFO)
     module_logger.addHandler(recorder)
@@ -218,7 +232,7 @@ def test_default_registration():
         assert meta.evaluator_type == "coco"
         n = 1000 if split == "train" else 200
         assert meta.json_file.endswith(
-            os.path.join("rs_synthetic", f"v{GENERATOR_VERSION}_img256_n{n}_seed0", split, "annotations.json")
+            os.path.join("rs_synthetic", f"v{GENERATOR_VERSION}_img192_n{n}_seed0", split, "annotations.json")
         )
         assert meta.image_root == os.path.join(os.path.dirname(meta.json_file), "images")
 
@@ -281,6 +295,61 @@ def test_register_from_cfg(tmp_path, monkeypatch):
     cfg.DATASETS.RS_SYNTHETIC.ROOT = ""
     register_rs_synthetic_from_cfg(cfg)
     assert MetadataCatalog.get("rs_synthetic_val").json_file.startswith(str(tmp_path / "env"))
+
+
+def _synthetic_cfg(config, *opts):
+    cfg = get_cfg()
+    add_rs_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "Synthetic", config))
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def _json_files():
+    return {name: MetadataCatalog.get(name).json_file for name in ALL_NAMES}
+
+
+@pytest.mark.parametrize("config", SYNTHETIC_CONFIGS)
+def test_shipped_configs_use_the_default_sizes(config):
+    """The data of every shipped config is what importing rs_detectron2.data registers."""
+    assert len(SYNTHETIC_CONFIGS) >= 30
+    cfg = _synthetic_cfg(config)
+    assert tuple(RS_SYNTHETIC_DEFAULTS) == (1000, 200, 192, 0)
+    for family in RS_SYNTHETIC_FAMILIES:
+        node = cfg.DATASETS[family.upper()]
+        assert node.ROOT == ""
+        assert (node.NUM_TRAIN, node.NUM_VAL, node.IMAGE_SIZE, node.SEED) == RS_SYNTHETIC_DEFAULTS
+
+
+@pytest.mark.parametrize("config", ["pretrained/rs_mask_rcnn_R_18_FPN.yaml",
+                                    "rs_mask_rcnn_R_18_FPN.yaml"])
+def test_python_and_train_net_register_the_same_data(config, tmp_path):
+    def train_net_setup(*opts):
+        default_rs_setup(default_argument_parser().parse_args([
+            "--config-file", os.path.join(ROOT, "configs", "Synthetic", config),
+            "OUTPUT_DIR", str(tmp_path / "out"), "MODEL.DEVICE", "cpu", *opts]))
+
+    # What importing rs_detectron2.data registers is what train_net.py uses for the config.
+    register_rs_synthetic_datasets()
+    imported = _json_files()
+    assert imported["rs_synthetic_val"].endswith(os.path.join(
+        "rs_synthetic", f"v{GENERATOR_VERSION}_img192_n200_seed0", "val", "annotations.json"))
+    train_net_setup()
+    assert _json_files() == imported
+
+    # The config changed in Python: register_rs_synthetic_datasets(cfg) gives train_net.py's
+    # data (2 val images generated once, then reused by the train_net.py registration).
+    opts = ("DATASETS.RS_SYNTHETIC.ROOT", str(tmp_path / "data"),
+            "DATASETS.RS_SYNTHETIC.NUM_VAL", "2")
+    register_rs_synthetic_datasets(_synthetic_cfg(config, *opts))
+    from_python = _json_files()
+    val = DatasetCatalog.get("rs_synthetic_val")
+    assert from_python["rs_synthetic_val"] == os.path.join(
+        str(tmp_path / "data"), "rs_synthetic", f"v{GENERATOR_VERSION}_img192_n2_seed0", "val",
+        "annotations.json")
+    train_net_setup(*opts)
+    assert _json_files() == from_python
+    assert DatasetCatalog.get("rs_synthetic_val") == val and len(val) == 2
 
 
 @pytest.mark.parametrize("resize", [False, True])

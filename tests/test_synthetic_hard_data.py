@@ -30,7 +30,7 @@ from rs_detectron2.data import (
     prepare_rs_synthetic,
     register_rs_synthetic_hard_from_cfg,
 )
-from rs_detectron2.data import builtin, synthetic_glyphs, synthetic_shapes
+from rs_detectron2.data import builtin, synthetic_core, synthetic_glyphs
 from rs_detectron2.engine import default_rs_setup
 
 from .synthetic_checks import read_pixels, tight_box
@@ -167,7 +167,7 @@ class _Recorder(logging.Handler):
 
 def test_cache_reused(tmp_path, monkeypatch):
     recorder = _Recorder()
-    module_logger = synthetic_shapes.logger  # write_coco_split, shared by both generators
+    module_logger = synthetic_core.logger  # write_coco_split, shared by the generators
     old_level = module_logger.level
     module_logger.setLevel(logging.INFO)
     module_logger.addHandler(recorder)

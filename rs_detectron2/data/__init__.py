@@ -6,25 +6,27 @@
 * ``rs_synthetic_lvis_train`` / ``rs_synthetic_lvis_val``: long-tailed, LVIS v1 format with
   federated labels (:mod:`.synthetic_lvis`).
 
-Importing this package registers all six with the default sizes of
-``cfg.DATASETS.RS_SYNTHETIC`` (1000 / 200 images of 256 px, seed 0),
-``cfg.DATASETS.RS_SYNTHETIC_HARD`` and ``cfg.DATASETS.RS_SYNTHETIC_LVIS`` (1000 / 200 images
-of 192 px, seed 0) without generating anything; call
-:func:`register_all_rs_synthetic_from_cfg` (or one family's ``register_*_from_cfg``) to apply
-a config's sizes.
+Importing this package registers all six with :data:`RS_SYNTHETIC_DEFAULTS` (1000 / 200
+images of 192 px, seed 0: the defaults of ``cfg.DATASETS.RS_SYNTHETIC*`` and the sizes of
+every shipped config) without generating anything; call
+:func:`register_rs_synthetic_datasets` with a config to apply its keys (``train_net.py``
+does). What the generators share is in :mod:`.synthetic_core` and :mod:`.synthetic_strokes`.
 """
 from .builtin import (
+    RS_SYNTHETIC_DEFAULTS,
+    RS_SYNTHETIC_FAMILIES,
     RS_SYNTHETIC_HARD_SPLITS,
     RS_SYNTHETIC_LVIS_SPLITS,
     RS_SYNTHETIC_SPLITS,
+    SyntheticSizes,
     prepare_rs_synthetic,
     register_all_rs_synthetic_from_cfg,
     register_rs_synthetic,
+    register_rs_synthetic_datasets,
+    register_rs_synthetic_family,
     register_rs_synthetic_from_cfg,
-    register_rs_synthetic_hard,
     register_rs_synthetic_hard_from_cfg,
     register_rs_synthetic_lvis,
-    register_rs_synthetic_lvis_from_cfg,
 )
 from .synthetic_glyphs import (
     GLYPH_CLASSES,
@@ -46,24 +48,27 @@ __all__ = [
     "GLYPH_GENERATOR_VERSION",
     "LVIS_CLASSES",
     "LVIS_GENERATOR_VERSION",
+    "RS_SYNTHETIC_DEFAULTS",
+    "RS_SYNTHETIC_FAMILIES",
     "RS_SYNTHETIC_HARD_SPLITS",
     "RS_SYNTHETIC_LVIS_SPLITS",
     "RS_SYNTHETIC_SPLITS",
     "SYNTHETIC_CLASSES",
+    "SyntheticSizes",
     "generate_glyph_image",
     "generate_glyph_split",
     "generate_lvis_split",
     "generate_synthetic_image",
     "generate_synthetic_split",
     "prepare_rs_synthetic",
+    "register_rs_synthetic_datasets",
+    "register_rs_synthetic_family",
+    # Older names (aliases of the two above, see .builtin).
+    "register_all_rs_synthetic_from_cfg",
     "register_rs_synthetic",
     "register_rs_synthetic_from_cfg",
-    "register_rs_synthetic_hard",
     "register_rs_synthetic_hard_from_cfg",
     "register_rs_synthetic_lvis",
-    "register_rs_synthetic_lvis_from_cfg",
 ]
 
-register_rs_synthetic()
-register_rs_synthetic_hard()
-register_rs_synthetic_lvis()
+register_rs_synthetic_datasets()

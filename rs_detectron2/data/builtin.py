@@ -9,6 +9,12 @@ Three families, each with a train and a val split:
   format with federated labels (:mod:`.synthetic_lvis`), loaded by detectron2's
   ``load_lvis_json`` and evaluated by LVIS's evaluator (``evaluator_type`` "lvis").
 
+One registration path: :func:`register_rs_synthetic_datasets` registers every family from
+its config node ``cfg.DATASETS.<FAMILY>`` (``train_net.py`` and ``demo.py`` call it with
+their config) or, without a config, with :data:`RS_SYNTHETIC_DEFAULTS`, the sizes of the
+shipped configs and the defaults of those keys (importing :mod:`rs_detectron2.data` does
+that); :func:`register_rs_synthetic_family` registers one family with explicit sizes.
+
 Their ``DatasetCatalog`` entries are lazy: a split is generated (once, then cached on
 disk) the first time the dataset is loaded.  Cache layout::
 
@@ -16,38 +22,59 @@ disk) the first time the dataset is loaded.  Cache layout::
         images/<split>_000000.png ...
         annotations.json
 
-with ``<family>`` "rs_synthetic", "rs_synthetic_hard" or "rs_synthetic_lvis" and ``<version>`` the version of
-that family's generator.  ``root`` defaults to ``$DETECTRON2_DATASETS`` or ``./datasets``
-(detectron2's convention).
+with ``<family>`` "rs_synthetic", "rs_synthetic_hard" or "rs_synthetic_lvis" and
+``<version>`` the version of that family's generator.  ``root`` defaults to
+``$DETECTRON2_DATASETS`` or ``./datasets`` (detectron2's convention).
 """
 import functools
 import hashlib
 import os
-from typing import Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, load_lvis_json
 
 from . import synthetic_glyphs, synthetic_lvis, synthetic_shapes
 
 __all__ = [
+    "RS_SYNTHETIC_DEFAULTS",
+    "RS_SYNTHETIC_FAMILIES",
     "RS_SYNTHETIC_SPLITS",
     "RS_SYNTHETIC_HARD_SPLITS",
     "RS_SYNTHETIC_LVIS_SPLITS",
+    "SyntheticSizes",
+    "prepare_rs_synthetic",
+    "register_rs_synthetic_datasets",
+    "register_rs_synthetic_family",
+    # Older names (aliases, see the end of the module).
+    "register_all_rs_synthetic_from_cfg",
     "register_rs_synthetic",
     "register_rs_synthetic_from_cfg",
-    "register_rs_synthetic_hard",
     "register_rs_synthetic_hard_from_cfg",
     "register_rs_synthetic_lvis",
-    "register_rs_synthetic_lvis_from_cfg",
-    "register_all_rs_synthetic_from_cfg",
-    "prepare_rs_synthetic",
 ]
 
 # Dataset name -> split name.
 RS_SYNTHETIC_SPLITS = {"rs_synthetic_train": "train", "rs_synthetic_val": "val"}
 RS_SYNTHETIC_HARD_SPLITS = {"rs_synthetic_hard_train": "train", "rs_synthetic_hard_val": "val"}
 RS_SYNTHETIC_LVIS_SPLITS = {"rs_synthetic_lvis_train": "train", "rs_synthetic_lvis_val": "val"}
+
+
+class SyntheticSizes(NamedTuple):
+    """What a family generates: ``cfg.DATASETS.<FAMILY>.{NUM_TRAIN, NUM_VAL, IMAGE_SIZE,
+    SEED}``."""
+
+    num_train: int
+    num_val: int
+    image_size: int
+    seed: int
+
+
+# The sizes of every shipped config (configs/Synthetic/), for all families: the defaults of
+# the config keys (rs_detectron2.config.add_rs_config) and of the registration functions,
+# so what importing this package registers is what train_net.py generates for those configs.
+RS_SYNTHETIC_DEFAULTS = SyntheticSizes(num_train=1000, num_val=200, image_size=192, seed=0)
 
 
 class _Family(NamedTuple):
@@ -79,6 +106,9 @@ _FAMILIES: Dict[str, _Family] = {
         evaluator_type="lvis"),
 }
 
+# The family names; each has the config node ``cfg.DATASETS.<FAMILY NAME IN CAPITALS>``.
+RS_SYNTHETIC_FAMILIES: Tuple[str, ...] = tuple(_FAMILIES)
+
 # Dataset name -> generation arguments of the current registration.
 _REGISTERED: Dict[str, dict] = {}
 
@@ -89,7 +119,8 @@ def _lvis_train_json(split: str) -> str:
     return "" if split == "train" else prepare_rs_synthetic("rs_synthetic_lvis_train")
 
 
-def _default_root() -> str:
+def default_datasets_root() -> str:
+    """detectron2's datasets folder: ``$DETECTRON2_DATASETS``, else ``./datasets``."""
     return os.environ.get("DETECTRON2_DATASETS", "datasets")
 
 
@@ -108,8 +139,8 @@ def _split_dir(root: str, split: str, num_images: int, image_size: int, seed: in
 
 
 def prepare_rs_synthetic(name: str) -> str:
-    """Generate the registered built-in synthetic dataset ``name`` (of either family) if it
-    is not cached yet; returns its COCO JSON path (also
+    """Generate the registered built-in synthetic dataset ``name`` (of any family) if it is
+    not cached yet; returns its annotation JSON path (also
     ``MetadataCatalog.get(name).json_file``)."""
     if name not in _REGISTERED:
         raise KeyError(f"{name!r} is not a registered built-in synthetic dataset "
@@ -133,11 +164,32 @@ def _load_rs_synthetic(name: str, args: dict):
     return load_coco_json(json_file, os.path.join(args["out_dir"], "images"), name)
 
 
-def _register_family(family: str, root: Optional[str], num_train: int, num_val: int,
-                     image_size: int, seed: int) -> Tuple[str, str]:
-    """(Re-)register the train and val datasets of ``family``, lazily (see the callers)."""
+def register_rs_synthetic_family(
+    family: str,
+    root: Optional[str] = None,
+    num_train: int = RS_SYNTHETIC_DEFAULTS.num_train,
+    num_val: int = RS_SYNTHETIC_DEFAULTS.num_val,
+    image_size: int = RS_SYNTHETIC_DEFAULTS.image_size,
+    seed: int = RS_SYNTHETIC_DEFAULTS.seed,
+) -> Tuple[str, str]:
+    """Register (or re-register, replacing earlier entries) the train and val datasets of
+    ``family`` (one of :data:`RS_SYNTHETIC_FAMILIES`).  Nothing is generated here: a split
+    is generated when it is first loaded (``DatasetCatalog.get``) or by
+    :func:`prepare_rs_synthetic`.
+
+    Args:
+        family: "rs_synthetic", "rs_synthetic_hard" or "rs_synthetic_lvis".
+        root: cache root; None or "" means ``$DETECTRON2_DATASETS`` or ``./datasets``.
+        num_train, num_val: number of images of each split (the long tail of
+            "rs_synthetic_lvis" scales with ``num_train``, see :mod:`.synthetic_lvis`).
+        image_size: side of the square images, in pixels.
+        seed: generator seed (train and val use different seeds derived from it).
+
+    Returns:
+        the two dataset names.
+    """
     fam = _FAMILIES[family]
-    root = os.path.abspath(root if root else _default_root())
+    root = os.path.abspath(root if root else default_datasets_root())
     sizes = dict(train=int(num_train), val=int(num_val))
     for name, split in fam.splits.items():
         num_images = sizes[split]
@@ -165,96 +217,36 @@ def _register_family(family: str, root: Optional[str], num_train: int, num_val: 
     return tuple(fam.splits)
 
 
-def _register_family_from_cfg(family: str, cfg) -> Tuple[str, str]:
-    """Register ``family`` with the keys of its node ``cfg.DATASETS.<FAMILY>`` (e.g.
-    ``RS_SYNTHETIC_HARD``; added by ``rs_detectron2.config.add_rs_config``)."""
-    node = cfg.DATASETS[family.upper()]
-    return _register_family(family, node.ROOT or None, node.NUM_TRAIN, node.NUM_VAL,
-                            node.IMAGE_SIZE, node.SEED)
+def register_rs_synthetic_datasets(
+    cfg: Optional[CfgNode] = None, families: Sequence[str] = RS_SYNTHETIC_FAMILIES
+) -> Tuple[str, ...]:
+    """Register the datasets of ``families`` (default: all) with the keys of their nodes
+    ``cfg.DATASETS.<FAMILY>`` (``ROOT``, ``NUM_TRAIN``, ``NUM_VAL``, ``IMAGE_SIZE``,
+    ``SEED``; added by ``rs_detectron2.config.add_rs_config``), or with
+    :data:`RS_SYNTHETIC_DEFAULTS` when ``cfg`` is None (what importing this package does).
 
-
-def register_all_rs_synthetic_from_cfg(cfg) -> None:
-    """Register every built-in synthetic family from its ``cfg.DATASETS`` node (lazily:
-    nothing is generated until a dataset is loaded)."""
-    for family in _FAMILIES:
-        _register_family_from_cfg(family, cfg)
-
-
-def register_rs_synthetic(
-    root: Optional[str] = None,
-    num_train: int = 1000,
-    num_val: int = 200,
-    image_size: int = 256,
-    seed: int = 0,
-) -> Tuple[str, str]:
-    """Register (or re-register, replacing earlier entries) ``rs_synthetic_train`` and
-    ``rs_synthetic_val``.  Nothing is generated here: a split is generated when it is
-    first loaded (``DatasetCatalog.get``) or by :func:`prepare_rs_synthetic`.
-
-    Args:
-        root: cache root; None or "" means ``$DETECTRON2_DATASETS`` or ``./datasets``.
-        num_train, num_val: number of images of each split.
-        image_size: side of the square images, in pixels.
-        seed: generator seed (train and val use different seeds derived from it).
+    ``train_net.py`` calls it with its config; call it after changing these keys in Python
+    to get the same data.  Lazy, like :func:`register_rs_synthetic_family`.
 
     Returns:
-        the two dataset names.
+        the registered dataset names.
     """
-    return _register_family("rs_synthetic", root, num_train, num_val, image_size, seed)
+    names: Tuple[str, ...] = ()
+    for family in families:
+        if cfg is None:
+            names += register_rs_synthetic_family(family)
+        else:
+            node = cfg.DATASETS[family.upper()]
+            names += register_rs_synthetic_family(family, node.ROOT or None, node.NUM_TRAIN,
+                                                  node.NUM_VAL, node.IMAGE_SIZE, node.SEED)
+    return names
 
 
-def register_rs_synthetic_from_cfg(cfg) -> Tuple[str, str]:
-    """:func:`register_rs_synthetic` with ``cfg.DATASETS.RS_SYNTHETIC.{ROOT, NUM_TRAIN,
-    NUM_VAL, IMAGE_SIZE, SEED}`` (keys added by ``rs_detectron2.config.add_rs_config``)."""
-    return _register_family_from_cfg("rs_synthetic", cfg)
-
-
-def register_rs_synthetic_hard(
-    root: Optional[str] = None,
-    num_train: int = 1000,
-    num_val: int = 200,
-    image_size: int = 192,
-    seed: int = 0,
-) -> Tuple[str, str]:
-    """Register (or re-register, replacing earlier entries) the hard glyph datasets
-    ``rs_synthetic_hard_train`` and ``rs_synthetic_hard_val``; like
-    :func:`register_rs_synthetic` (lazy, same arguments), with the cache under
-    ``<root>/rs_synthetic_hard/``.
-
-    Returns:
-        the two dataset names.
-    """
-    return _register_family("rs_synthetic_hard", root, num_train, num_val, image_size, seed)
-
-
-def register_rs_synthetic_hard_from_cfg(cfg) -> Tuple[str, str]:
-    """:func:`register_rs_synthetic_hard` with ``cfg.DATASETS.RS_SYNTHETIC_HARD.{ROOT,
-    NUM_TRAIN, NUM_VAL, IMAGE_SIZE, SEED}`` (keys added by
-    ``rs_detectron2.config.add_rs_config``)."""
-    return _register_family_from_cfg("rs_synthetic_hard", cfg)
-
-
-def register_rs_synthetic_lvis(
-    root: Optional[str] = None,
-    num_train: int = 1000,
-    num_val: int = 200,
-    image_size: int = 192,
-    seed: int = 0,
-) -> Tuple[str, str]:
-    """Register (or re-register, replacing earlier entries) the long-tailed LVIS-format
-    datasets ``rs_synthetic_lvis_train`` and ``rs_synthetic_lvis_val`` (evaluator_type
-    "lvis"); like :func:`register_rs_synthetic` (lazy, same arguments), with the cache under
-    ``<root>/rs_synthetic_lvis/``. The long tail scales with ``num_train`` (see
-    :mod:`.synthetic_lvis`).
-
-    Returns:
-        the two dataset names.
-    """
-    return _register_family("rs_synthetic_lvis", root, num_train, num_val, image_size, seed)
-
-
-def register_rs_synthetic_lvis_from_cfg(cfg) -> Tuple[str, str]:
-    """:func:`register_rs_synthetic_lvis` with ``cfg.DATASETS.RS_SYNTHETIC_LVIS.{ROOT,
-    NUM_TRAIN, NUM_VAL, IMAGE_SIZE, SEED}`` (keys added by
-    ``rs_detectron2.config.add_rs_config``)."""
-    return _register_family_from_cfg("rs_synthetic_lvis", cfg)
+# Older names of the functions above, kept for their callers.
+register_all_rs_synthetic_from_cfg = register_rs_synthetic_datasets
+register_rs_synthetic = functools.partial(register_rs_synthetic_family, "rs_synthetic")
+register_rs_synthetic_lvis = functools.partial(register_rs_synthetic_family, "rs_synthetic_lvis")
+register_rs_synthetic_from_cfg = functools.partial(
+    register_rs_synthetic_datasets, families=("rs_synthetic",))
+register_rs_synthetic_hard_from_cfg = functools.partial(
+    register_rs_synthetic_datasets, families=("rs_synthetic_hard",))

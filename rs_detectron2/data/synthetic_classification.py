@@ -6,7 +6,8 @@ that share NO class with the detection datasets (:mod:`.synthetic_shapes`,
 never seen a detection class:
 
 * glyphs (:data:`GLYPH_CHARS`): characters that are neither classes nor distractors of the
-  hard glyph dataset, drawn with its stroke drawer (faces, thickness, slant, rotation);
+  hard glyph dataset, drawn with its stroke drawer (:mod:`.synthetic_strokes`: faces,
+  thickness, slant, rotation);
 * shapes (:data:`SHAPES`): none of the detection shapes (circle, square, triangle, star,
   hexagon, cross), filled or outlined, any rotation and a mild stretch;
 * textures (:data:`TEXTURES`): stripes at four orientations and two frequencies, checkers,
@@ -23,7 +24,6 @@ function of ``(seed, split, i, image_size)`` only, about a millisecond each::
     images, labels = generate_classification_split(num_images=2000, image_size=64, seed=0,
                                                    split="val")
 """
-import functools
 import math
 from typing import List, Tuple
 
@@ -31,15 +31,22 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .synthetic_glyphs import (
-    _FACE_NAMES,
-    _FACES,
-    _blend,
-    _dress_strokes,
-    _glyph_matrix,
-    _line_cover,
-    _render_strokes,
-    _stroke_builders,
+from .synthetic_core import (
+    blend,
+    check_split_args,
+    finish_image,
+    line_cover,
+    linear_ramp,
+    pixel_grid,
+    smooth_noise,
+    uniform_canvas,
+)
+from .synthetic_strokes import (
+    face_strokes,
+    glyph_matrix,
+    random_face,
+    render_strokes,
+    stroke_builders,
 )
 
 __all__ = [
@@ -84,8 +91,8 @@ _TEXTURE_ROTATION_JITTER = 8.0  # degrees: orientations 45 degrees apart stay ap
 
 # --------------------------------------------------------------------------- glyphs
 def _glyph_outline(ch: str, per_turn: int) -> List[np.ndarray]:
-    """Strokes of ``ch`` on the unit grid of :mod:`.synthetic_glyphs` (y 0 top, 1 baseline)."""
-    arc, line, join = _stroke_builders(per_turn)
+    """Strokes of ``ch`` on the unit grid of :mod:`.synthetic_strokes` (y 0 top, 1 baseline)."""
+    arc, line, join = stroke_builders(per_turn)
 
     bowl_p = join((0.06, 1.0), (0.06, 0.0), (0.36, 0.0), arc(0.36, 0.25, 0.28, 0.25, -90, 90),
                   (0.06, 0.5))
@@ -109,19 +116,13 @@ def _glyph_outline(ch: str, per_turn: int) -> List[np.ndarray]:
     return outlines[ch]()
 
 
-@functools.lru_cache(maxsize=None)
-def _glyph_strokes(ch: str, face: str) -> Tuple[np.ndarray, ...]:
-    """The strokes of ``ch`` in ``face`` (serifs added where the face has them), centred."""
-    return _dress_strokes(_glyph_outline(ch, _FACES[face][0]), face)
-
-
 def _glyph_patch(rng: np.random.Generator, ch: str, size: int) -> np.ndarray:
     """Coverage patch of one random rendering of glyph ``ch`` (face, thickness, transform)."""
-    face = _FACE_NAMES[int(rng.integers(len(_FACE_NAMES)))]
+    face = random_face(rng)
     height = size * rng.uniform(0.40, 0.85)
     thickness = max(1.0, height * rng.uniform(0.06, 0.14))
-    return _render_strokes(_glyph_strokes(ch, face), _glyph_matrix(rng, height), thickness,
-                           _FACES[face][2], rng)
+    return render_strokes(face_strokes(_glyph_outline, ch, face), face,
+                          glyph_matrix(rng, height), thickness, rng)
 
 
 # --------------------------------------------------------------------------- shapes
@@ -221,18 +222,12 @@ def _shape_patch(rng: np.random.Generator, name: str, size: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------- textures
-@functools.lru_cache(maxsize=4)
-def _coords(size: int) -> Tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    return yy, xx
-
-
 def _texture_cover(rng: np.random.Generator, name: str, size: int) -> np.ndarray:
     """Coverage (size, size) of texture ``name`` on a random region (30-80% of the image)."""
     kind, period, angle = _TEXTURE_SPECS[name]
     period *= size / _REF_SIZE * math.exp(rng.uniform(-0.15, 0.15))
     a = math.radians(angle + rng.uniform(-_TEXTURE_ROTATION_JITTER, _TEXTURE_ROTATION_JITTER))
-    yy, xx = _coords(size)
+    yy, xx = pixel_grid(size)
     u = (xx * math.cos(a) + yy * math.sin(a)) / period + rng.uniform(0, 1)
     v = (-xx * math.sin(a) + yy * math.cos(a)) / period + rng.uniform(0, 1)
     duty = rng.uniform(0.35, 0.6)
@@ -265,27 +260,21 @@ def _texture_cover(rng: np.random.Generator, name: str, size: int) -> np.ndarray
 # ----------------------------------------------------------------------- background
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A float32 (size, size, 3) coloured background with clutter (lines, curves, blobs)."""
-    yy, xx = _coords(size)
-    img = np.empty((size, size, 3), dtype=np.float32)
-    img[:] = rng.uniform(20, 235, size=3)
-    t = rng.uniform(0, 2 * np.pi)
-    ramp = (xx * math.cos(t) + yy * math.sin(t)) / size - 0.5
+    img = uniform_canvas(rng, size, 20, 235)
+    ramp = linear_ramp(rng, size, 0.5)
     img += ramp[..., None] * rng.uniform(-70, 70, size=3).astype(np.float32)
-    g = int(rng.integers(2, 6))
-    smooth = cv2.resize(rng.normal(0, 1, size=(g, g, 3)).astype(np.float32), (size, size),
-                        interpolation=cv2.INTER_CUBIC)
-    img += smooth * float(rng.uniform(5, 20))
+    img += smooth_noise(rng, size, (2, 6), (5, 20))
     for _ in range(int(rng.integers(0, 3))):  # blobs
         layer = np.zeros((size, size), dtype=np.uint8)
         centre = tuple(int(v) for v in rng.integers(0, size, size=2))
         axes = tuple(int(v) for v in rng.uniform(0.04, 0.15, size=2) * size + 1)
         cv2.ellipse(layer, centre, axes, float(rng.uniform(0, 180)), 0, 360, 255, -1,
                     cv2.LINE_AA)
-        _blend(img, layer.astype(np.float32) / 255.0 * float(rng.uniform(0.4, 0.9)), 0, 0,
-               rng.uniform(0, 255, size=3))
+        blend(img, layer.astype(np.float32) / 255.0 * float(rng.uniform(0.4, 0.9)), 0, 0,
+              rng.uniform(0, 255, size=3))
     for _ in range(int(rng.integers(0, 4))):  # lines and curves
-        cov = _line_cover(rng, size, rng.uniform(0.8, 2.0), curved=rng.random() < 0.5)
-        _blend(img, cov * float(rng.uniform(0.5, 1.0)), 0, 0, rng.uniform(0, 255, size=3))
+        cov = line_cover(rng, size, rng.uniform(0.8, 2.0), curved=rng.random() < 0.5)
+        blend(img, cov * float(rng.uniform(0.5, 1.0)), 0, 0, rng.uniform(0, 255, size=3))
     return img
 
 
@@ -319,11 +308,8 @@ def generate_classification_image(rng: np.random.Generator, label: int,
     ys, xs = np.nonzero(cov > 0.5)
     ys, xs = np.clip(ys + y0, 0, size - 1), np.clip(xs + x0, 0, size - 1)
     covered_mean = canvas[ys, xs].mean(axis=0) if len(ys) else canvas.reshape(-1, 3).mean(0)
-    _blend(canvas, cov, x0, y0, _contrasting_colour(rng, covered_mean))
-    sigma = rng.uniform(0.0, 8.0)  # sensor noise
-    if sigma > 1.0:
-        canvas += rng.normal(0.0, sigma, size=canvas.shape).astype(np.float32)
-    return np.clip(np.round(canvas), 0, 255).astype(np.uint8)
+    blend(canvas, cov, x0, y0, _contrasting_colour(rng, covered_mean))
+    return finish_image(rng, canvas, 8.0, min_sigma=1.0)  # sensor noise
 
 
 def generate_classification_split(
@@ -340,11 +326,7 @@ def generate_classification_split(
     ``generate_classification_image(np.random.default_rng([seed, split id, i]), ...)``:
     the same arguments give identical arrays, and "train" and "val" never share an image.
     """
-    num_images, image_size = int(num_images), int(image_size)
-    if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
-    if image_size < _MIN_IMAGE_SIZE:
-        raise ValueError(f"image_size must be >= {_MIN_IMAGE_SIZE}, got {image_size}")
+    num_images, image_size = check_split_args(num_images, image_size, _MIN_IMAGE_SIZE)
     if split not in _SPLIT_IDS:
         raise ValueError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
     labels = np.arange(num_images, dtype=np.int64) % len(CLASSIFICATION_CLASSES)

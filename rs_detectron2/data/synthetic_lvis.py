@@ -36,13 +36,14 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_util
 
-from .synthetic_shapes import (
-    SYNTHETIC_CLASSES,
-    _background,
-    _unit_polygon,
+from .synthetic_core import (
+    check_split_args,
+    finish_image,
     split_file_name,
+    textured_background,
     write_coco_split,
 )
+from .synthetic_shapes import SYNTHETIC_CLASSES, unit_polygon
 
 __all__ = [
     "LVIS_CLASSES",
@@ -81,6 +82,7 @@ _NOT_EXHAUSTIVE_PROB = 0.3
 _NUM_NEG = 6
 
 _REF_SIZE = 192.0
+_MIN_IMAGE_SIZE = 64
 _MIN_SIZE, _MAX_SIZE = 16.0, 64.0  # longest side at 192 px (never below 16 px)
 _COLOUR_JITTER = 18.0
 _MIN_BG_CONTRAST = 90.0  # colour vs. the mean of the background it covers
@@ -144,7 +146,7 @@ def _polygon(shape: str, size: float, rng: np.random.Generator) -> np.ndarray:
         t = np.linspace(0.0, 2 * np.pi, 32, endpoint=False)
         pts = np.stack([np.cos(t), np.sin(t)], axis=1)
     else:
-        pts = _unit_polygon(shape, rng)
+        pts = unit_polygon(shape, rng)
     t = np.deg2rad(rng.uniform(0.0, 360.0))
     rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
     return (pts * half) @ rot.T
@@ -168,7 +170,7 @@ def generate_lvis_image(image_size: int, seed: int, index: int, classes: Sequenc
     size = int(image_size)
     scale = size / _REF_SIZE
     lo, hi = max(_MIN_SIZE, _MIN_SIZE * scale), max(_MIN_SIZE + 8.0, _MAX_SIZE * scale)
-    canvas = _background(rng, size)
+    canvas = textured_background(rng, size)
     occupied = np.zeros((size, size), dtype=bool)
     instances: List[Dict] = []
     for cls in classes:
@@ -193,10 +195,7 @@ def generate_lvis_image(image_size: int, seed: int, index: int, classes: Sequenc
                 occupied |= mask
                 instances.append(dict(category_id=cls + 1, polygon=poly, area=int(mask.sum())))
                 break
-    sigma = rng.uniform(0.0, 5.0)
-    if sigma > 0.5:
-        canvas += rng.normal(0.0, sigma, size=canvas.shape).astype(np.float32)
-    return np.clip(np.round(canvas), 0, 255).astype(np.uint8), instances
+    return finish_image(rng, canvas, 5.0), instances
 
 
 def _federate(rng: np.random.Generator, instances: List[Dict]) -> Tuple[List[Dict], List[int],
@@ -252,28 +251,22 @@ def _categories(images: List[Dict], annotations: List[Dict]) -> List[Dict]:
 def generate_lvis_split(
     out_dir: str,
     num_images: int,
-    image_size: int = 192,
+    image_size: int,
     seed: int = 0,
     split_name: str = "train",
     train_json: str = "",
 ) -> str:
-    """Generate one split: ``out_dir/images/<split_name>_<index>.png`` and
-    ``out_dir/annotations.json`` (LVIS v1 format); returns the JSON path.
+    """Generate one split, or reuse it if cached (:func:`.synthetic_core.write_coco_split`):
+    ``out_dir/images/<split_name>_<index>.png`` and ``out_dir/annotations.json`` (LVIS v1
+    format); returns the JSON path.
 
     The "train" split follows the long tail and defines the categories' ``image_count``,
     ``instance_count`` and ``frequency``; any other split is class-balanced and copies the
     categories of ``train_json`` (required), as LVIS val carries train's tags. Each image's
     ``coco_url`` ends in ``images/<file>``, so that detectron2's ``load_lvis_json`` finds it
-    under the image root ``out_dir + "/"``.
-
-    Deterministic in its arguments; the JSON is written last and atomically, so a complete
-    cached split is reused and an interrupted one regenerated.
+    under the image root ``out_dir + "/"``.  Deterministic in its arguments.
     """
-    num_images, image_size = int(num_images), int(image_size)
-    if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
-    if image_size < 64:
-        raise ValueError(f"image_size must be >= 64, got {image_size}")
+    num_images, image_size = check_split_args(num_images, image_size, _MIN_IMAGE_SIZE)
     is_train = split_name == "train"
     if not is_train and not train_json:
         raise ValueError(f"split '{split_name}': the categories come from the training "

@@ -30,7 +30,7 @@ class RankingStallCheck(HookBase):
     """Every ``period`` iterations, warn for each RS ranking loss whose median over the
     last ``window`` iterations is still at or above ``threshold``.
 
-    A loss that is logged multiplied by a head weight (the RS-RPN's 0.2) is divided by it
+    A loss that is logged multiplied by a loss weight (the RS-RPN's MODEL.RPN.LOSS_WEIGHT, 0.2) is divided by it
     first (``loss_scales``), so the threshold always reads as a ranking error in [0, 1].
     Once a loss has been seen below the threshold at a check it is not checked again.
     """

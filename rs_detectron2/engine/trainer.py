@@ -24,9 +24,10 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_rs_config
-from ..data import register_all_rs_synthetic_from_cfg
+from ..data import register_rs_synthetic_datasets
 from ..evaluation import OLRPEvaluator, RSLVISEvaluator
 from ..modeling.backbone import check_deformable_backbone
+from ..modeling.sparse_poolers import use_sparse_cpu_poolers
 from .ranking_check import RankingStallCheck
 
 __all__ = ["RSTrainer", "default_rs_setup", "fall_back_to_cpu"]
@@ -97,7 +98,7 @@ class RSTrainer(DefaultTrainer):
         if check.PERIOD > 0:
             stall = RankingStallCheck(
                 check.PERIOD, check.THRESHOLD,
-                loss_scales={"loss_rpn_rank": self.cfg.MODEL.RS.RPN_HEAD_WEIGHT},
+                loss_scales={"loss_rpn_rank": self.cfg.MODEL.RPN.LOSS_WEIGHT},
             )
             hooks.insert(len(hooks) - 1 if comm.is_main_process() else len(hooks), stall)
         return hooks
@@ -106,9 +107,10 @@ class RSTrainer(DefaultTrainer):
     def build_model(cls, cfg: CfgNode) -> nn.Module:
         """detectron2's model building, after a check that fails loudly (with the backbone
         to use instead) where the config asks detectron2 for deformable convolutions that
-        its missing compiled ops cannot provide."""
+        its missing compiled ops cannot provide; then the poolers whose node sets
+        ``POOLER_SPARSE_CPU`` get the sparse CPU ROIAlign (any RoI heads, stock too)."""
         check_deformable_backbone(cfg)
-        return super().build_model(cfg)
+        return use_sparse_cpu_poolers(super().build_model(cfg), cfg)
 
     @classmethod
     def build_evaluator(
@@ -178,7 +180,7 @@ def default_rs_setup(args: argparse.Namespace) -> CfgNode:
         cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts or [])
     device_message = fall_back_to_cpu(cfg)
-    register_all_rs_synthetic_from_cfg(cfg)
+    register_rs_synthetic_datasets(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     # Like detectron2's projects: the package's own loggers ("rs_detectron2.*") also go to

@@ -212,17 +212,18 @@ class SparseROIAlign(ROIAlign):
                                 self.sampling_ratio, self.aligned)
 
 
-def use_sparse_roi_align(pooler: ROIPooler) -> ROIPooler:
+def use_sparse_roi_align(pooler: ROIPooler, key: str = "POOLER_SPARSE_CPU") -> ROIPooler:
     """Make ``pooler``'s ROIAlign levels :class:`SparseROIAlign` (same settings); in place.
 
-    Raises ValueError for pooler types other than ROIAlign / ROIAlignV2.
+    Raises ValueError for pooler types other than ROIAlign / ROIAlignV2 (naming ``key``, the
+    config key that asked for it).
     """
     levels = []
     for level in pooler.level_poolers:
         if type(level) is not ROIAlign and not isinstance(level, SparseROIAlign):
             raise ValueError(
-                f"MODEL.RS.SPARSE_CPU_ROI_ALIGN works with POOLER_TYPE ROIAlign or ROIAlignV2, "
-                f"not {type(level).__name__}; set MODEL.RS.SPARSE_CPU_ROI_ALIGN False.")
+                f"{key} works with POOLER_TYPE ROIAlign or ROIAlignV2, "
+                f"not {type(level).__name__}; set {key} False.")
         levels.append(SparseROIAlign(level.output_size, level.spatial_scale,
                                      level.sampling_ratio, level.aligned))
     pooler.level_poolers = torch.nn.ModuleList(levels)

@@ -1,11 +1,19 @@
 """RS heads, registered with detectron2's registries on import."""
 from .ln_box_head import FastRCNNConvLNFCHead
-from .rs_box_losses import balance_to, localisation_quality, score_weighted_giou_loss
 from .rs_cascade_roi_heads import RSCascadeROIHeads
 from .rs_fast_rcnn import RSFastRCNNOutputLayers
+from .rs_head_recipe import (
+    RSHeadLosses,
+    balance_to,
+    localisation_quality,
+    rs_head_losses,
+    score_weighted_giou_loss,
+    score_weights,
+)
 from .rs_mask_head import RSMaskRCNNConvUpsampleHead, weighted_dice_loss
 from .rs_roi_heads import RSStandardROIHeads
 from .rs_rpn import RSRPN
+from .sparse_poolers import use_sparse_cpu_poolers
 from .backbone import build_small_resnet, build_small_resnet_fpn_backbone
 from .meta_arch import RSATSSHead, RSRetinaNet, atss_match
 
@@ -19,10 +27,14 @@ __all__ = [
     "RSCascadeROIHeads",
     "RSFastRCNNOutputLayers",
     "RSMaskRCNNConvUpsampleHead",
+    "RSHeadLosses",
+    "rs_head_losses",
     "balance_to",
     "localisation_quality",
     "score_weighted_giou_loss",
+    "score_weights",
     "weighted_dice_loss",
+    "use_sparse_cpu_poolers",
     "build_small_resnet",
     "build_small_resnet_fpn_backbone",
 ]

@@ -117,6 +117,11 @@ class RSCascadeROIHeads(CascadeROIHeads, RSStandardROIHeads):
         ]
         return ret
 
+    # RS R-CNN's forward (the box branch's score weights go to the mask branch, whose loss is
+    # balanced to the box losses), not CascadeROIHeads' own: the cascade's parts come in
+    # through _box_losses_and_weights, _mask_balance_reference and _forward_box.
+    forward = RSStandardROIHeads.forward
+
     def _run_stage(self, features: List[Tensor], proposals: List[Instances], stage: int):
         """detectron2's stage; without its 1 / num_stages gradient scaling of the pooled
         features unless ``scale_gradient``."""
@@ -132,16 +137,41 @@ class RSCascadeROIHeads(CascadeROIHeads, RSStandardROIHeads):
         proposals: List[Instances],
         targets: Optional[List[Instances]] = None,
     ) -> Union[Dict[str, Tensor], List[Instances]]:
-        """detectron2's cascade loop (:meth:`CascadeROIHeads._forward_box`, built from its
-        helpers) with the two published changes: with ``gt_proposals_all_stages`` each
-        later training stage gets the exact ground truth in place of the regressed copies
-        of it, and with ``average_logits`` the test scores come from the mean logits.
-        With both off it computes exactly what detectron2's method does.
+        """detectron2's cascade (:meth:`CascadeROIHeads._forward_box`) with the two published
+        changes (:meth:`_run_cascade`). Returns the stage losses in training, the detections
+        at test time."""
+        head_outputs = self._run_cascade(features, proposals, targets)
+        if self.training:
+            return self._stage_losses(head_outputs)
+        return self._cascade_inference(head_outputs, [x.image_size for x in proposals])
 
-        Returns the stage losses in training, the detections at test time.
-        """
+    def _box_losses_and_weights(
+        self, features: Dict[str, Tensor], proposals: List[Instances], targets: List[Instances]
+    ) -> Tuple[Dict[str, Tensor], List[Tensor]]:
+        """The stage losses and, for the mask head, the first stage's score weights of the
+        proposals it was given (those the mask head sees)."""
+        head_outputs = self._run_cascade(features, proposals, targets)
+        predictor, predictions, stage_proposals = head_outputs[0]
+        weights = predictor.score_weights(predictions)
+        return (self._stage_losses(head_outputs),
+                list(weights.split([len(p) for p in stage_proposals])))
+
+    def _mask_balance_reference(self, box_losses: Dict[str, Tensor]) -> Tensor:
+        """The first stage's RS loss (that of the proposals the mask head sees)."""
+        return box_losses["loss_roi_rank_stage0"] + box_losses["loss_roi_sort_stage0"]
+
+    def _run_cascade(
+        self,
+        features: Dict[str, Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]],
+    ) -> List[Tuple[RSFastRCNNOutputLayers, Tuple[Tensor, Tensor], List[Instances]]]:
+        """detectron2's cascade loop, built from its helpers, with the published change of
+        training: with ``gt_proposals_all_stages`` each later stage gets the exact ground
+        truth in place of the regressed copies of it. With it off it computes exactly what
+        detectron2's loop does. Returns (predictor, predictions, proposals) per stage."""
         features = [features[f] for f in self.box_in_features]
-        head_outputs = []  # (predictor, predictions, proposals)
+        head_outputs = []
         prev_pred_boxes = None
         image_sizes = [x.image_size for x in proposals]
         add_gt = self.training and self.gt_proposals_all_stages
@@ -157,19 +187,21 @@ class RSCascadeROIHeads(CascadeROIHeads, RSStandardROIHeads):
             predictions = self._run_stage(features, proposals, k)
             prev_pred_boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
             head_outputs.append((self.box_predictor[k], predictions, proposals))
+        return head_outputs
 
-        if self.training:
-            losses = {}
-            storage = get_event_storage()
-            for stage, (predictor, predictions, stage_proposals) in enumerate(head_outputs):
-                with storage.name_scope("stage{}".format(stage)):
-                    stage_losses = predictor.losses(predictions, stage_proposals)
-                losses.update({k + "_stage{}".format(stage): v for k, v in stage_losses.items()})
-            self._rs_loss_for_mask = (
-                losses["loss_roi_rank_stage0"] + losses["loss_roi_sort_stage0"]
-            ).detach()
-            return losses
+    @staticmethod
+    def _stage_losses(head_outputs) -> Dict[str, Tensor]:
+        """Each stage's losses, named ``<loss>_stage<k>``."""
+        losses = {}
+        storage = get_event_storage()
+        for stage, (predictor, predictions, stage_proposals) in enumerate(head_outputs):
+            with storage.name_scope("stage{}".format(stage)):
+                stage_losses = predictor.losses(predictions, stage_proposals)
+            losses.update({k + "_stage{}".format(stage): v for k, v in stage_losses.items()})
+        return losses
 
+    def _cascade_inference(self, head_outputs, image_sizes) -> List[Instances]:
+        """The last stage's boxes with the cascade's scores (:meth:`_average_scores`)."""
         predictor, predictions, proposals = head_outputs[-1]
         scores = self._average_scores(head_outputs)
         boxes = predictor.predict_boxes(predictions, proposals)

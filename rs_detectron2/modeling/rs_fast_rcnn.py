@@ -10,19 +10,23 @@ from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 
-from rs_detectron2.losses import rank_sort_loss
+from .ignored_keys import warn_ignored_keys
+from .rs_head_recipe import rs_head_losses, score_weights
 
-from .rs_box_losses import balance_to, localisation_quality, score_weighted_giou_loss
+# detectron2 keys of the box predictor that the RS predictor replaces (GIoU on decoded boxes).
+IGNORED_BOX_PREDICTOR_KEYS = ("MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE",
+                              "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA")
 
 
 class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
     """detectron2's Fast R-CNN predictor with a K-way sigmoid classifier trained by RS Loss.
 
-    Losses over all proposals of the batch: RS Loss on the flattened (proposals x K) logits
-    (a positive's target is the IoU of its decoded box for its ground-truth class), and GIoU
-    on decoded boxes weighted by each positive's highest class score, balanced to the RS
-    loss. :meth:`losses` also stores every proposal's weight (its highest class score,
-    detached) as the field ``rs_weights`` of the proposals, for the mask head.
+    Losses over all proposals of the batch (:func:`~.rs_head_recipe.rs_head_losses`): RS
+    Loss on the flattened (proposals x K) logits (a positive's target is the IoU of its
+    decoded box for its ground-truth class), and GIoU on decoded boxes weighted by each
+    positive's highest class score (:meth:`score_weights`), balanced to the RS loss. As in
+    detectron2, ``loss_weight`` scales the losses: its ``loss_cls`` the rank and sort losses,
+    its ``loss_box_reg`` (``MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT``) the box loss.
     Inference uses sigmoid scores.
     """
 
@@ -44,7 +48,15 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         ret["delta"] = cfg.MODEL.RS.DELTA
+        warn_ignored_keys(cfg, IGNORED_BOX_PREDICTOR_KEYS, "RSFastRCNNOutputLayers",
+                          "it regresses decoded boxes with balanced GIoU")
         return ret
+
+    @staticmethod
+    def score_weights(predictions: Tuple[Tensor, Tensor]) -> Tensor:
+        """Each proposal's highest class score (detached): the weight of its box loss, and
+        of its mask loss in the RS mask head."""
+        return score_weights(predictions[0])
 
     def losses(self, predictions: Tuple[Tensor, Tensor], proposals: List[Instances]) -> Dict[str, Tensor]:
         """``loss_roi_rank``, ``loss_roi_sort`` and ``loss_roi_box`` over the whole batch."""
@@ -59,21 +71,14 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
         fg_deltas = deltas[fg].view(len(fg), deltas.shape[1] // 4, 4)  # class-specific or agnostic
         fg_deltas = fg_deltas[torch.arange(len(fg)), fg_classes if fg_deltas.shape[1] > 1 else 0]
         pred_boxes = self.box2box_transform.apply_deltas(fg_deltas, proposal_boxes[fg])
-        fg_gt_boxes = gt_boxes[fg]
 
-        targets = torch.zeros_like(scores)
-        targets[gt_classes < 0] = -1.0  # proposals the matcher ignores
-        targets[fg, fg_classes] = localisation_quality(pred_boxes, fg_gt_boxes).to(targets.dtype)
-        loss_rank, loss_sort = rank_sort_loss(scores, targets, self.delta)
-
-        weights = scores.detach().sigmoid().max(dim=1).values
-        loss_box = score_weighted_giou_loss(pred_boxes, fg_gt_boxes, weights[fg])
-        loss_box, coefficient = balance_to(loss_box, loss_rank + loss_sort)
-        for p, w in zip(proposals, weights.split([len(p) for p in proposals])):
-            p.rs_weights = w
-
-        get_event_storage().put_scalar("roi_head/box_balance", coefficient)
-        return {"loss_roi_rank": loss_rank, "loss_roi_sort": loss_sort, "loss_roi_box": loss_box}
+        out = rs_head_losses(scores, gt_classes < 0, fg, fg_classes, pred_boxes, gt_boxes[fg],
+                             self.delta)
+        get_event_storage().put_scalar("roi_head/box_balance", out.box_balance)
+        w_cls = self.loss_weight.get("loss_cls", 1.0)
+        w_box = self.loss_weight.get("loss_box_reg", 1.0)
+        return {"loss_roi_rank": out.rank * w_cls, "loss_roi_sort": out.sort * w_cls,
+                "loss_roi_box": out.box * w_box}
 
     def predict_probs(self, predictions: Tuple[Tensor, Tensor], proposals: List[Instances]) -> Tuple[Tensor, ...]:
         """Sigmoid class scores, with a zero background column (which inference drops)."""

@@ -9,14 +9,14 @@ from detectron2.modeling.roi_heads import ROI_MASK_HEAD_REGISTRY, MaskRCNNConvUp
 from detectron2.modeling.roi_heads.mask_head import mask_rcnn_inference
 from detectron2.structures import Instances
 
-from .rs_box_losses import score_weighted_mean
+from .rs_head_recipe import score_weighted_mean
 
 _DICE_SMOOTH = 1e-5
 
 
 def weighted_dice_loss(pred_mask_logits: Tensor, instances: List[Instances]) -> Tensor:
     """Dice loss of each positive RoI's mask for its ground-truth class, weighted by the RoI's
-    ``rs_weights`` and normalised by their sum (1 when the sum is below 1e-10).
+    ``score_weights`` (the box head's score of the RoI) and normalised by their sum (1 when the sum is below 1e-10).
 
     Per RoI: 1 - 2 sum(p t) / (sum p^2 + sum t^2 + 1e-5) over the M x M grid, p the sigmoid
     mask and t the ground-truth mask cropped to the RoI. A zero attached to the graph when
@@ -32,7 +32,11 @@ def weighted_dice_loss(pred_mask_logits: Tensor, instances: List[Instances]) -> 
             continue
         gt_masks.append(inst.gt_masks.crop_and_resize(inst.proposal_boxes.tensor, side))
         gt_classes.append(inst.gt_classes)
-        weights.append(inst.rs_weights)
+        if not inst.has("score_weights"):
+            raise ValueError("the RS mask loss needs each RoI's box-head score as the field "
+                             "'score_weights': use RSMaskRCNNConvUpsampleHead with "
+                             "RSStandardROIHeads or RSCascadeROIHeads")
+        weights.append(inst.score_weights)
     gt_masks = cat(gt_masks, dim=0).to(pred_mask_logits.dtype)
     weights = cat(weights, dim=0).detach()
     rows = torch.arange(pred_mask_logits.size(0), device=pred_mask_logits.device)
@@ -49,7 +53,7 @@ def weighted_dice_loss(pred_mask_logits: Tensor, instances: List[Instances]) -> 
 class RSMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
     """detectron2's MaskRCNNConvUpsampleHead (4 convs, deconv, 28 x 28, class-specific) whose
     training loss is :func:`weighted_dice_loss`. The RoI heads pass it at most
-    ``MODEL.RS.MAX_MASK_ROIS`` positive RoIs carrying ``rs_weights`` and balance its loss to
+    ``MODEL.RS.MAX_MASK_ROIS`` positive RoIs carrying ``score_weights`` and balance its loss to
     their RS loss (:class:`RSStandardROIHeads`)."""
 
     def forward(self, x: Tensor, instances: List[Instances]):

@@ -7,12 +7,16 @@ from torch import Tensor
 from detectron2.config import configurable
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.roi_heads.roi_heads import select_foreground_proposals
-from detectron2.structures import Instances
+from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
-from ..layers import use_sparse_roi_align
-from .rs_box_losses import balance_to
+from .ignored_keys import warn_ignored_keys
 from .rs_fast_rcnn import RSFastRCNNOutputLayers
+from .rs_head_recipe import balance_to
+
+# detectron2 keys of the RoI heads that RS RoI heads replace (every proposal is kept).
+IGNORED_ROI_HEADS_KEYS = ("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+                          "MODEL.ROI_HEADS.POSITIVE_FRACTION")
 
 
 def label_all_proposals(
@@ -41,16 +45,26 @@ def keep_random_subset(instances: List[Instances], max_total: int) -> List[Insta
     return [x[k] for x, k in zip(instances, keep.split(counts))]
 
 
+def with_field(instances: List[Instances], name: str, values: List[Tensor]) -> List[Instances]:
+    """Shallow copies of ``instances`` (the same field tensors) with one more field."""
+    out = []
+    for inst, value in zip(instances, values):
+        new = Instances(inst.image_size, **inst.get_fields())
+        new.set(name, value)
+        out.append(new)
+    return out
+
+
 @ROI_HEADS_REGISTRY.register()
 class RSStandardROIHeads(StandardROIHeads):
-    """StandardROIHeads trained as RS R-CNN (HEADS_SPEC.md, RS RoI heads and mask head).
+    """StandardROIHeads trained as RS R-CNN (docs/heads.md, RS RoI heads and mask head).
 
     All proposals are kept (ground truth appended, no sampling); the box predictor is
     :class:`RSFastRCNNOutputLayers`. With masks on, at most ``max_mask_rois`` random positive
-    RoIs of the batch feed the mask head, and its loss is balanced to the box head's
-    ``loss_roi_rank + loss_roi_sort`` (unless ``balance_mask_loss`` is False). With
-    ``MODEL.RS.SPARSE_CPU_ROI_ALIGN`` its poolers compute ROIAlign on the CPU as a sparse
-    matrix product (:class:`~rs_detectron2.layers.SparseROIAlign`, same results).
+    RoIs of the batch feed the mask head, each carrying its box-head score as the field
+    ``score_weights`` (the weight of its mask loss), and :meth:`forward` balances the mask
+    loss to the box head's ``loss_roi_rank + loss_roi_sort`` (unless ``balance_mask_loss``
+    is False).
     """
 
     @configurable
@@ -65,17 +79,14 @@ class RSStandardROIHeads(StandardROIHeads):
         super().__init__(**kwargs)
         self.max_mask_rois = max_mask_rois
         self.balance_mask_loss = balance_mask_loss
-        self._rs_loss_for_mask: Optional[Tensor] = None
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         ret["max_mask_rois"] = cfg.MODEL.RS.MAX_MASK_ROIS
         ret["balance_mask_loss"] = cfg.MODEL.RS.BALANCE_MASK_LOSS
-        if cfg.MODEL.RS.SPARSE_CPU_ROI_ALIGN:
-            for key in ("box_pooler", "mask_pooler", "keypoint_pooler"):
-                if ret.get(key) is not None:
-                    use_sparse_roi_align(ret[key])
+        warn_ignored_keys(cfg, IGNORED_ROI_HEADS_KEYS, cls.__name__,
+                          "it keeps every proposal, without sampling")
         return ret
 
     @classmethod
@@ -89,19 +100,65 @@ class RSStandardROIHeads(StandardROIHeads):
     ) -> Tuple[Tensor, Tensor]:
         return label_all_proposals(matched_idxs, matched_labels, gt_classes, self.num_classes)
 
-    def _forward_box(self, features: Dict[str, Tensor], proposals: List[Instances]):
-        out = super()._forward_box(features, proposals)
-        if self.training:
-            self._rs_loss_for_mask = (out["loss_roi_rank"] + out["loss_roi_sort"]).detach()
-        return out
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]] = None,
+    ):
+        """detectron2's forward; in training the box branch also returns each proposal's
+        score weight, which the mask branch gets as a field of its RoIs, and the mask loss
+        is balanced to the returned box losses (:meth:`_balance_mask_losses`)."""
+        if not self.training:
+            return super().forward(images, features, proposals, targets)
+        assert targets, "'targets' argument is required during training"
+        proposals = self.label_and_sample_proposals(proposals, targets)
+        losses, weights = self._box_losses_and_weights(features, proposals, targets)
+        if self.mask_on:
+            mask_losses = self._forward_mask(features, with_field(proposals, "score_weights", weights))
+            losses.update(self._balance_mask_losses(mask_losses, losses))
+        losses.update(self._forward_keypoint(features, proposals))
+        return proposals, losses
+
+    def _box_losses_and_weights(
+        self, features: Dict[str, Tensor], proposals: List[Instances], targets: List[Instances]
+    ) -> Tuple[Dict[str, Tensor], List[Tensor]]:
+        """The box branch in training: its losses and each image's per-proposal score
+        weights (:meth:`RSFastRCNNOutputLayers.score_weights`)."""
+        box_features = self.box_pooler([features[f] for f in self.box_in_features],
+                                       [x.proposal_boxes for x in proposals])
+        predictions = self.box_predictor(self.box_head(box_features))
+        losses = self.box_predictor.losses(predictions, proposals)
+        weights = self.box_predictor.score_weights(predictions)
+        if self.train_on_pred_boxes:  # as detectron2's _forward_box, after the losses
+            with torch.no_grad():
+                pred_boxes = self.box_predictor.predict_boxes_for_gt_classes(predictions, proposals)
+            for proposals_per_image, boxes in zip(proposals, pred_boxes):
+                proposals_per_image.proposal_boxes = Boxes(boxes)
+        return losses, list(weights.split([len(p) for p in proposals]))
+
+    def _mask_balance_reference(self, box_losses: Dict[str, Tensor]) -> Tensor:
+        """The RS loss that the mask loss is balanced to."""
+        return box_losses["loss_roi_rank"] + box_losses["loss_roi_sort"]
+
+    def _balance_mask_losses(
+        self, mask_losses: Dict[str, Tensor], box_losses: Dict[str, Tensor]
+    ) -> Dict[str, Tensor]:
+        """``loss_mask`` rescaled to the value of the box head's RS loss (published), or as
+        it is when ``balance_mask_loss`` is False."""
+        if not self.balance_mask_loss:
+            return mask_losses
+        reference = self._mask_balance_reference(box_losses).detach()
+        loss, coefficient = balance_to(mask_losses["loss_mask"], reference)
+        get_event_storage().put_scalar("roi_head/mask_balance", coefficient)
+        return {**mask_losses, "loss_mask": loss}
 
     def _forward_mask(self, features: Dict[str, Tensor], instances: List[Instances]):
+        """In training, at most ``max_mask_rois`` random foreground RoIs of the batch (with
+        their ``score_weights``) go to the mask head."""
         if not (self.training and self.mask_on):
             return super()._forward_mask(features, instances)
         instances, _ = select_foreground_proposals(instances, self.num_classes)
         instances = keep_random_subset(instances, self.max_mask_rois)
-        losses = super()._forward_mask(features, instances)
-        if self.balance_mask_loss:
-            losses["loss_mask"], coefficient = balance_to(losses["loss_mask"], self._rs_loss_for_mask)
-            get_event_storage().put_scalar("roi_head/mask_balance", coefficient)
-        return losses
+        return super()._forward_mask(features, instances)

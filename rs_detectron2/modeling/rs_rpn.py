@@ -10,38 +10,49 @@ from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, 
 from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 
-from rs_detectron2.losses import rank_sort_loss
+from .ignored_keys import warn_ignored_keys
+from .rs_head_recipe import rs_head_losses
 
-from .rs_box_losses import balance_to, localisation_quality, score_weighted_giou_loss
+# detectron2 keys of the RPN that RS-RPN replaces (no sampling, GIoU on decoded boxes).
+IGNORED_RPN_KEYS = (
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
+    "MODEL.RPN.POSITIVE_FRACTION",
+    "MODEL.RPN.BBOX_REG_LOSS_TYPE",
+    "MODEL.RPN.SMOOTH_L1_BETA",
+)
 
 
 @PROPOSAL_GENERATOR_REGISTRY.register()
 class RSRPN(RPN):
-    """RPN trained with RS Loss (HEADS_SPEC.md, RS-RPN).
+    """RPN trained with RS Loss (docs/heads.md, RS-RPN).
 
     No anchor sampling: the objectness logits of all anchors of all images of the batch go
     into one RS Loss (ignored anchors as -1), with the IoU of each positive's decoded box as
     its target. Boxes are regressed with GIoU on decoded boxes weighted by the objectness
-    score, balanced to the RS loss; all three losses are multiplied by ``head_weight``.
+    score, balanced to the RS loss (:func:`~.rs_head_recipe.rs_head_losses`). As in
+    detectron2, ``MODEL.RPN.LOSS_WEIGHT`` multiplies the losses (the published 0.2 is set
+    by the RS configs) and ``MODEL.RPN.BBOX_REG_LOSS_WEIGHT`` the box loss once more.
     Proposals are generated as detectron2's RPN does.
     """
 
     @configurable
-    def __init__(self, *, delta: float = 0.5, head_weight: float = 0.2, **kwargs):
+    def __init__(self, *, delta: float = 0.5, **kwargs):
         """
         Args:
             delta: smoothing of RS Loss.
-            head_weight: multiplies the rank, sort and box losses of the RPN.
-            kwargs: arguments of detectron2's :class:`RPN`.
+            kwargs: arguments of detectron2's :class:`RPN` (its ``loss_weight``:
+                ``loss_rpn_cls`` weights the rank and sort losses, ``loss_rpn_loc`` the box
+                loss).
         """
         super().__init__(**kwargs)
         self.delta = delta
-        self.head_weight = head_weight
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
-        ret.update(delta=cfg.MODEL.RS.DELTA, head_weight=cfg.MODEL.RS.RPN_HEAD_WEIGHT)
+        ret["delta"] = cfg.MODEL.RS.DELTA
+        warn_ignored_keys(cfg, IGNORED_RPN_KEYS, "RSRPN",
+                          "it keeps every anchor and regresses with balanced GIoU")
         return ret
 
     def _subsample_labels(self, label: Tensor) -> Tensor:
@@ -69,21 +80,20 @@ class RSRPN(RPN):
         pred_boxes = self.box2box_transform.apply_deltas(deltas, anchors[anchor_idx])
         matched_gt = torch.stack(gt_boxes)[image_idx, anchor_idx]
 
-        targets = gt_labels.to(logits.dtype).clamp(max=0.0)  # 0 negative, -1 ignored
-        targets[image_idx, anchor_idx] = localisation_quality(pred_boxes, matched_gt).to(targets.dtype)
-        loss_rank, loss_sort = rank_sort_loss(logits, targets, self.delta)
-
-        weights = logits[image_idx, anchor_idx].detach().sigmoid()
-        loss_box = score_weighted_giou_loss(pred_boxes, matched_gt, weights)
-        loss_box, coefficient = balance_to(loss_box, loss_rank + loss_sort)
+        num_anchors = gt_labels.shape[1]
+        out = rs_head_losses(
+            logits.reshape(-1, 1), (gt_labels == -1).reshape(-1),
+            image_idx * num_anchors + anchor_idx, torch.zeros_like(anchor_idx),
+            pred_boxes, matched_gt, self.delta)
 
         storage = get_event_storage()
         storage.put_scalar("rpn/num_pos_anchors", pos.sum().item() / num_images)
         storage.put_scalar("rpn/num_neg_anchors", (gt_labels == 0).sum().item() / num_images)
-        storage.put_scalar("rpn/box_balance", coefficient)
-        w = self.head_weight
+        storage.put_scalar("rpn/box_balance", out.box_balance)
+        w_cls = self.loss_weight.get("loss_rpn_cls", 1.0)
+        w_box = self.loss_weight.get("loss_rpn_loc", 1.0)
         return {
-            "loss_rpn_rank": loss_rank * w,
-            "loss_rpn_sort": loss_sort * w,
-            "loss_rpn_box": loss_box * w,
+            "loss_rpn_rank": out.rank * w_cls,
+            "loss_rpn_sort": out.sort * w_cls,
+            "loss_rpn_box": out.box * w_box,
         }

@@ -4,7 +4,7 @@ detectron2's RetinaNet FPN (``build_retinanet_resnet_fpn_backbone``) computes P6
 stride-2 conv on res5 and P7 with a stride-2 conv on ReLU(P6). The published ATSS and
 RS-ATSS (mmdetection's FPN with ``add_extra_convs="on_output"``, ``relu_before_extra_convs``
 False) compute P6 on P5's *output* and P7 on P6 *without* a ReLU.
-``cfg.MODEL.RS.P6P7_TOP_BLOCK`` picks one of the two for the builders here.
+``cfg.MODEL.FPN.P6P7_TOP_BLOCK`` picks one of the two for the builders here.
 """
 from typing import List
 
@@ -41,15 +41,15 @@ class LastLevelP6P7FromP5(LastLevelP6P7):
 
 
 def build_p6p7_top_block(cfg: CfgNode, bottom_up: Backbone) -> nn.Module:
-    """The P6/P7 block that ``cfg.MODEL.RS.P6P7_TOP_BLOCK`` names: "P5_NO_RELU" (published
+    """The P6/P7 block that ``cfg.MODEL.FPN.P6P7_TOP_BLOCK`` names: "P5_NO_RELU" (published
     ATSS) or "RES5_RELU" (detectron2's RetinaNet)."""
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-    kind = cfg.MODEL.RS.P6P7_TOP_BLOCK
+    kind = cfg.MODEL.FPN.P6P7_TOP_BLOCK
     if kind == "P5_NO_RELU":
         return LastLevelP6P7FromP5(out_channels)
     if kind == "RES5_RELU":
         return LastLevelP6P7(bottom_up.output_shape()["res5"].channels, out_channels)
-    raise ValueError(f"MODEL.RS.P6P7_TOP_BLOCK must be one of {TOP_BLOCKS}, got {kind!r}")
+    raise ValueError(f"MODEL.FPN.P6P7_TOP_BLOCK must be one of {TOP_BLOCKS}, got {kind!r}")
 
 
 def _p3_p7_fpn(cfg: CfgNode, bottom_up: Backbone) -> FPN:
@@ -65,7 +65,7 @@ def _p3_p7_fpn(cfg: CfgNode, bottom_up: Backbone) -> FPN:
 
 @BACKBONE_REGISTRY.register()
 def build_retinanet_resnet_p3p7_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
-    """detectron2's ResNet with an FPN P3-P7 whose P6/P7 follow ``MODEL.RS.P6P7_TOP_BLOCK``."""
+    """detectron2's ResNet with an FPN P3-P7 whose P6/P7 follow ``MODEL.FPN.P6P7_TOP_BLOCK``."""
     return _p3_p7_fpn(cfg, build_resnet_backbone(cfg, input_shape))
 
 

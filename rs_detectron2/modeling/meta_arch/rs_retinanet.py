@@ -6,9 +6,9 @@ changes only:
 * the losses: RS Loss over all anchors x classes of the batch (a positive's target at its
   class is the IoU of its decoded box with its ground truth), GIoU on decoded boxes weighted
   by each positive's highest class score, balanced to the RS loss (no other weight);
-* the assignment (``label_anchors``): ``MODEL.RS.ONE_STAGE_ASSIGNER`` "iou" is detectron2's
+* the assignment (``label_anchors``): ``MODEL.RS_RETINANET.ASSIGNER`` "iou" is detectron2's
   RetinaNet matcher (RS-RetinaNet), "atss" is ATSS (RS-ATSS, :func:`.atss.atss_match`);
-* the head, built by name from ``RS_ONE_STAGE_HEAD_REGISTRY`` (``MODEL.RS.ONE_STAGE_HEAD``):
+* the head, built by name from ``RS_ONE_STAGE_HEAD_REGISTRY`` (``MODEL.RS_RETINANET.HEAD_NAME``):
   detectron2's ``RetinaNetHead`` or :class:`RSATSSHead` (no centerness branch);
 * the candidates kept per level at inference (``_decode_per_level_predictions``): the
   published top-k anchors by highest class score, see there.
@@ -26,9 +26,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.registry import Registry
 
-from rs_detectron2.losses import rank_sort_loss
-
-from ..rs_box_losses import balance_to, localisation_quality, score_weighted_giou_loss
+from ..ignored_keys import warn_ignored_keys
+from ..rs_head_recipe import rs_head_losses
 from .atss import atss_match
 
 __all__ = ["RSRetinaNet", "RSATSSHead", "RS_ONE_STAGE_HEAD_REGISTRY", "ASSIGNERS"]
@@ -39,6 +38,10 @@ shapes), return per-level class logits and box deltas as detectron2's RetinaNetH
 RS_ONE_STAGE_HEAD_REGISTRY.register(RetinaNetHead)
 
 ASSIGNERS = ("atss", "iou")
+# detectron2 keys of RetinaNet's losses that RS replaces (RS Loss, balanced GIoU).
+IGNORED_RETINANET_KEYS = ("MODEL.RETINANET.FOCAL_LOSS_GAMMA", "MODEL.RETINANET.FOCAL_LOSS_ALPHA",
+                          "MODEL.RETINANET.SMOOTH_L1_LOSS_BETA",
+                          "MODEL.RETINANET.BBOX_REG_LOSS_TYPE")
 
 
 @RS_ONE_STAGE_HEAD_REGISTRY.register()
@@ -75,7 +78,7 @@ class RSRetinaNet(RetinaNet):
         """
         super().__init__(**kwargs)
         if assigner not in ASSIGNERS:
-            raise ValueError(f"MODEL.RS.ONE_STAGE_ASSIGNER must be one of {ASSIGNERS}, "
+            raise ValueError(f"MODEL.RS_RETINANET.ASSIGNER must be one of {ASSIGNERS}, "
                              f"got {assigner!r}")
         self.assigner = assigner
         self.atss_topk = int(atss_topk)
@@ -86,10 +89,11 @@ class RSRetinaNet(RetinaNet):
         ret = super().from_config(cfg)
         shapes = ret["backbone"].output_shape()
         feature_shapes = [shapes[f] for f in cfg.MODEL.RETINANET.IN_FEATURES]
-        ret["head"] = RS_ONE_STAGE_HEAD_REGISTRY.get(cfg.MODEL.RS.ONE_STAGE_HEAD)(
-            cfg, feature_shapes)
-        ret.update(assigner=cfg.MODEL.RS.ONE_STAGE_ASSIGNER, atss_topk=cfg.MODEL.RS.ATSS_TOPK,
-                   delta=cfg.MODEL.RS.DELTA)
+        node = cfg.MODEL.RS_RETINANET
+        ret["head"] = RS_ONE_STAGE_HEAD_REGISTRY.get(node.HEAD_NAME)(cfg, feature_shapes)
+        ret.update(assigner=node.ASSIGNER, atss_topk=node.ATSS_TOPK, delta=cfg.MODEL.RS.DELTA)
+        warn_ignored_keys(cfg, IGNORED_RETINANET_KEYS, "RSRetinaNet",
+                          "it trains with RS Loss and balanced GIoU")
         return ret
 
     @torch.no_grad()
@@ -131,21 +135,15 @@ class RSRetinaNet(RetinaNet):
         pred_boxes = self.box2box_transform.apply_deltas(deltas, all_anchors[anchor_idx])
         matched_gt = torch.stack(gt_boxes)[image_idx, anchor_idx]
 
-        targets = torch.zeros_like(logits)
-        targets[image_idx, anchor_idx, pos_classes] = localisation_quality(
-            pred_boxes, matched_gt).to(targets.dtype)
-        # Ignored anchors (-1 of the IoU matcher) take no part: -1 targets for all classes.
-        targets[~valid] = -1.0
-        loss_rank, loss_sort = rank_sort_loss(logits.flatten(), targets.flatten(), self.delta)
-
-        weights = logits[image_idx, anchor_idx].detach().sigmoid().max(dim=1).values
-        loss_box = score_weighted_giou_loss(pred_boxes, matched_gt, weights)
-        loss_box, coefficient = balance_to(loss_box, loss_rank + loss_sort)
+        num_anchors, num_classes = logits.shape[1:]
+        out = rs_head_losses(
+            logits.reshape(-1, num_classes), (~valid).reshape(-1),
+            image_idx * num_anchors + anchor_idx, pos_classes, pred_boxes, matched_gt, self.delta)
 
         storage = get_event_storage()
         storage.put_scalar("num_pos_anchors", pos.sum().item() / num_images)
-        storage.put_scalar("box_balance", coefficient)
-        return {"loss_rank": loss_rank, "loss_sort": loss_sort, "loss_box": loss_box}
+        storage.put_scalar("box_balance", out.box_balance)
+        return {"loss_rank": out.rank, "loss_sort": out.sort, "loss_box": out.box}
 
     def _decode_per_level_predictions(self, anchors: Boxes, pred_scores: Tensor,
                                       pred_deltas: Tensor, score_thresh: float,
