@@ -22,7 +22,7 @@ from detectron2.layers import ShapeSpec  # noqa: E402
 from detectron2.modeling.anchor_generator import build_anchor_generator  # noqa: E402
 from detectron2.structures import Boxes  # noqa: E402
 
-from benchmarks.machine import cpu_name  # noqa: E402
+from benchmarks.machine import machine_line  # noqa: E402
 from rs_detectron2.config import add_rs_config  # noqa: E402
 from rs_detectron2.modeling.meta_arch import atss_match  # noqa: E402
 
@@ -58,7 +58,7 @@ def main() -> None:
     gts = [random_boxes(args.num_gt, 800, 1333, g) for _ in range(args.images)]
 
     def assign():
-        return [atss_match(anchors, gt, cfg.MODEL.RS.ATSS_TOPK, generator.num_cell_anchors[0])
+        return [atss_match(anchors, gt, cfg.MODEL.RS_RETINANET.ATSS_TOPK, generator.num_cell_anchors[0])
                 for gt in gts]
 
     assign()
@@ -69,8 +69,7 @@ def main() -> None:
         times.append(time.perf_counter() - start)
     num_anchors = sum(len(a) for a in anchors)
     positives = [int(pos.sum()) for _, pos in results]
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(f"machine: {machine_line()}")
     print(f"input 800x1333, {num_anchors} anchors (P3-P7, 3 per location), {args.images} images "
           f"x {args.num_gt} gts, seed {args.seed}; positives per image {positives}")
     print(f"ATSS assignment of all images: median {1000 * statistics.median(times):.1f} ms "

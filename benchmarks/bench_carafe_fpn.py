@@ -35,7 +35,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -54,7 +53,7 @@ from detectron2.modeling import build_backbone  # noqa: E402
 from rs_detectron2.config import add_rs_config  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)
+from machine import compact_report  # noqa: E402  (benchmarks/machine.py)
 
 MODELS = {"plain": "build_resnet_fpn_backbone", "carafe": "build_resnet_carafe_fpn_backbone"}
 
@@ -116,12 +115,6 @@ def measure_memory(name: str, args: argparse.Namespace) -> Dict[str, object]:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def machine_description() -> Dict[str, object]:
-    cpu = cpu_name()
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}
-
-
 TRAIN_STEP_CONFIGS = {
     "plain": "configs/COCO-InstanceSegmentation/rs_mask_rcnn_R_50_FPN_1x.yaml",
     "carafe": "configs/COCO-InstanceSegmentation/rs_mask_rcnn_R_50_FPN_carafe_1x.yaml",
@@ -153,7 +146,7 @@ def train_step_benchmark(args: argparse.Namespace) -> Dict[str, object]:
             storage.step()
     ratios = [c / p for c, p in zip(times["carafe"], times["plain"])]
     result = {
-        "machine": machine_description(),
+        "machine": compact_report(),
         "batch": [2, args.height, args.width],
         "configs": TRAIN_STEP_CONFIGS,
         "seed": args.seed, "rounds": args.rounds, "warmup": args.warmup,
@@ -223,7 +216,7 @@ def main(argv=None) -> Dict[str, object]:
 
     median = {name: statistics.median(t) for name, t in times.items()}
     result = {
-        "machine": machine_description(),
+        "machine": compact_report(),
         "input": [args.height, args.width],
         "padded_input": list(x.shape[-2:]),
         "seed": args.seed,

@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -38,7 +37,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.evaluation import COCOEvaluator  # noqa: E402
 from detectron2.structures import Boxes, BoxMode, Instances  # noqa: E402
 
-from benchmarks.machine import cpu_name  # noqa: E402
+from benchmarks.machine import compact_report, machine_line  # noqa: E402
 from rs_detectron2.data import register_rs_synthetic  # noqa: E402
 from rs_detectron2.evaluation.olrp import OLRPEvaluator  # noqa: E402
 
@@ -135,9 +134,7 @@ def main(argv=None) -> Dict[str, object]:
 
     ratios = [o / c for o, c in zip(times["olrp"], times["coco"])]
     out = {
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "python": platform.python_version()},
+        "machine": compact_report(),
         "dataset": {"name": DATASET, "images": len(records), "image_size": args.image_size,
                     "gts": num_gt, "detections": num_dets},
         "seed": args.seed, "rounds": args.rounds, "tasks": list(TASKS),
@@ -148,9 +145,8 @@ def main(argv=None) -> Dict[str, object]:
         "metrics": {"coco_AP": {t: results["coco"][t]["AP"] for t in TASKS},
                     "oLRP": {t: results["olrp"][f"{t}_oLRP"]["oLRP"] for t in TASKS}},
     }
-    m, d = out["machine"], out["dataset"]
-    print(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
-          f"python {m['python']}")
+    d = out["dataset"]
+    print(f"machine: {machine_line()}")
     print(f"{DATASET}: {d['images']} images of {args.image_size} px, {d['gts']} gts, "
           f"{d['detections']} detections (<= {args.dets_per_image} per image), "
           f"seed {args.seed}, {args.rounds} alternated rounds, tasks bbox+segm")

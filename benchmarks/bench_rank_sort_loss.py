@@ -14,7 +14,6 @@ the rise of ``torch.cuda.max_memory_allocated``. Both include the returned gradi
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from rs_detectron2.losses import rank_sort_loss  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)
+from machine import machine_line  # noqa: E402  (benchmarks/machine.py)
 
 DEFAULT_SIZES = "100:100000,1000:2000000,2000:8000000"
 DISTRIBUTIONS = ("early", "late")
@@ -155,17 +154,6 @@ def run_case(num_pos, num_entries, distribution, seed, device, repeats, loop_rep
     )
 
 
-def machine_description(device):
-    cpu = cpu_name()
-    text = (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
-    )
-    if device.startswith("cuda"):
-        text += f", GPU {torch.cuda.get_device_name()}"
-    return text
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -187,7 +175,7 @@ def main():
         print(json.dumps(result))
         return
 
-    print(f"machine: {machine_description(args.device)}; device {args.device}")
+    print(f"machine: {machine_line(args.device)}; device {args.device}")
     print(f"forward + backward, delta 0.5; ours: median of {args.repeats}, loop: median of "
           f"{args.loop_repeats}")
     header = (
@@ -218,7 +206,7 @@ def main():
             )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(machine=machine_description(args.device), results=results), f, indent=1)
+            json.dump(dict(machine=machine_line(args.device), results=results), f, indent=1)
 
 
 if __name__ == "__main__":

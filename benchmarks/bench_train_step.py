@@ -30,7 +30,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,8 +42,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import rs_detectron2  # noqa: E402,F401  (registers the RS modules)
 from rs_detectron2.config import add_rs_config  # noqa: E402
+from rs_detectron2.modeling import use_sparse_cpu_poolers  # noqa: E402
 
-import detectron2  # noqa: E402
 from detectron2 import model_zoo  # noqa: E402
 from detectron2.config import CfgNode, get_cfg  # noqa: E402
 from detectron2.layers import FrozenBatchNorm2d  # noqa: E402
@@ -55,9 +54,12 @@ from detectron2.utils.env import seed_all_rng  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import cpu_name  # noqa: E402  (benchmarks/machine.py)
+from machine import gpu_name, machine_info, versions  # noqa: E402  (benchmarks/machine.py)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The third model of --torchvision-pooling: the RS model with torchvision's ROIAlign.
+TORCHVISION_POOLING = ("MODEL.ROI_BOX_HEAD.POOLER_SPARSE_CPU", "False",
+                       "MODEL.ROI_MASK_HEAD.POOLER_SPARSE_CPU", "False")
 
 # name -> (label, stock model-zoo config, RS config in this repository, masks?)
 PAIRS = {
@@ -189,7 +191,9 @@ class TrainStep:
     ):
         torch.manual_seed(init_seed)  # the same initial weights for every run
         self.device = str(cfg.MODEL.DEVICE)
-        self.model = build_model(cfg)
+        # As RSTrainer builds it: the poolers whose node sets POOLER_SPARSE_CPU get the
+        # sparse CPU ROIAlign.
+        self.model = use_sparse_cpu_poolers(build_model(cfg), cfg)
         if calibrate:
             calibrate_frozen_bn(self.model, batch)
         self.model.train()
@@ -257,8 +261,9 @@ def run_benchmark(
     ``{"settings": ..., "environment": ..., "results": [one dict per pair]}``.
 
     With ``torchvision_pooling`` a third model per pair is timed in the same rotation: the
-    RS model with ``MODEL.RS.SPARSE_CPU_ROI_ALIGN False`` (torchvision's ROIAlign, as the
-    stock model), so the table also shows what the RS heads cost with the same kernel.
+    RS model with ``MODEL.ROI_BOX_HEAD.POOLER_SPARSE_CPU False`` and the same key of
+    ``ROI_MASK_HEAD`` (torchvision's ROIAlign, as the stock model), so the table also shows
+    what the RS heads cost with the same kernel.
     """
     steps = {}
     for name in pairs:
@@ -275,7 +280,7 @@ def run_benchmark(
         if torchvision_pooling:
             steps[name]["rs_tv"] = TrainStep(
                 build_cfg(os.path.join(REPO, rs_config), device, lr,
-                          ("MODEL.RS.SPARSE_CPU_ROI_ALIGN", "False")),
+                          TORCHVISION_POOLING),
                 batch, seed, calibrate)
     seed_all_rng(seed)  # samplers and random subsets of the heads
     times: Dict[str, Dict[str, List[float]]] = {n: {k: [] for k in steps[n]} for n in pairs}
@@ -339,29 +344,28 @@ def run_benchmark(
 
 
 def environment(device: str) -> Dict[str, Any]:
-    """Machine and software the benchmark ran on."""
-    cpu = cpu_name()
+    """Machine and software the benchmark ran on (this benchmark's keys, from
+    benchmarks/machine.py's report)."""
     try:
         from detectron2 import _C  # noqa: F401
 
         compiled_ops = True
     except ImportError:
         compiled_ops = False
-    import torchvision
-
+    m, v = machine_info(), versions(("torch", "torchvision", "detectron2"))
     env = dict(
-        cpu=cpu,
-        cpu_cores=os.cpu_count(),
-        torch_threads=torch.get_num_threads(),
-        python=platform.python_version(),
-        torch=torch.__version__,
-        torchvision=torchvision.__version__,
-        detectron2=detectron2.__version__,
+        cpu=m["cpu"],
+        cpu_cores=m["cpu_count"],
+        torch_threads=m["torch_threads"],
+        python=v["python"],
+        torch=v["torch"],
+        torchvision=v["torchvision"],
+        detectron2=v["detectron2"],
         detectron2_compiled_ops=compiled_ops,
         device=device,
     )
     if device.startswith("cuda"):
-        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        env["gpu"] = gpu_name(device)
     return env
 
 
@@ -398,7 +402,7 @@ def format_markdown(report: Dict[str, Any]) -> str:
         )
     tv = [r for r in report["results"] if "ratio_tv_median" in r]
     if tv:
-        lines += ["", "RS with torchvision's ROIAlign (MODEL.RS.SPARSE_CPU_ROI_ALIGN False), "
+        lines += ["", "RS with torchvision's ROIAlign (MODEL.ROI_*_HEAD.POOLER_SPARSE_CPU False), "
                   "timed in the same rotation:", "",
                   "| pair | RS (torchvision ROIAlign) s/iter | its RS/stock | min–max |",
                   "|---|---:|---:|---:|"]
@@ -449,7 +453,7 @@ def get_parser() -> argparse.ArgumentParser:
                         "(see calibrate_frozen_bn)")
     parser.add_argument("--torchvision-pooling", action="store_true",
                         help="also time each RS model with torchvision's ROIAlign "
-                        "(MODEL.RS.SPARSE_CPU_ROI_ALIGN False) in the same rotation")
+                        "(MODEL.ROI_*_HEAD.POOLER_SPARSE_CPU False) in the same rotation")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--json", help="also write the full report (per-round times) here")
     parser.add_argument("--csv", help="also write one row per pair here")

@@ -103,7 +103,7 @@ def run_one(config: str, lr: float, out: str, extra: Sequence[str]) -> dict:
     cfg = get_cfg()
     add_rs_config(cfg)
     cfg.merge_from_file(os.path.join(REPO, config))
-    errors = ranking_errors(os.path.join(run_dir, "metrics.json"), cfg.MODEL.RS.RPN_HEAD_WEIGHT)
+    errors = ranking_errors(os.path.join(run_dir, "metrics.json"), cfg.MODEL.RPN.LOSS_WEIGHT)
     aps = final_ap(text)
     for f in os.listdir(run_dir):
         if f.endswith(".pth"):

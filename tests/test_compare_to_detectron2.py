@@ -23,6 +23,16 @@ SCRIPT = os.path.join(ROOT, "benchmarks", "compare_to_detectron2.py")
 _spec = importlib.util.spec_from_file_location("compare_to_detectron2", SCRIPT)
 cmp = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cmp)
+# The entry script has put the repository on sys.path; its package does the work.
+from benchmarks.compare.driver import Driver  # noqa: E402
+from benchmarks.compare.holdout import register_fit_holdout, split_fit_holdout  # noqa: E402
+from benchmarks.compare.layout import (  # noqa: E402
+    CONFIG_DIRS, DATASETS, MODEL_NAMES, PAIRS, config_for, curve_iterations, pair_sides, run_name)
+from benchmarks.compare.planner import Planner, side_lrs  # noqa: E402
+from benchmarks.compare.report import write_report  # noqa: E402
+from benchmarks.compare.results import select_lr, write_json  # noqa: E402
+from benchmarks.compare.resume import check_output_dir, comparable  # noqa: E402
+from benchmarks.compare.worker import eval_results  # noqa: E402
 
 LRS = {"rs": [0.01, 0.02], "stock": [0.01, 0.03]}
 
@@ -88,6 +98,11 @@ def test_whole_pipeline_tiny(tmp_path):
         for r in (first, seed_run):
             assert r["curve_complete"] and [p["iter"] for p in r["curve"]] == [2, 3]
             assert r["curve"][-1]["box_AP"] == r["val"]["bbox"]["AP"]
+        # The final model is evaluated once per test dataset (holdout, val), by the run
+        # itself (RSTrainer.test), not by detectron2's EvalHook as well.
+        (other,) = [r for r in grid if r["lr"] != chosen]
+        with open(os.path.join(other["run_dir"], "log.txt")) as f:
+            assert f.read().count("d2.evaluation.evaluator INFO: Start inference on") == 2
         # both sides had the same overrides, except the config file
         for lr in set(LRS["rs"]) & set(LRS["stock"]):
             a, b = ([r for r in results if r["side"] == s and r["lr"] == lr and r["seed"] == 1][0]
@@ -114,7 +129,7 @@ def test_whole_pipeline_tiny(tmp_path):
     train_ids = sorted(im["id"] for im in json.load(open(train_json))["images"])
     holdout = results[0]["holdout_image_ids"]
     assert all(r["holdout_image_ids"] == holdout for r in results)
-    fit, held = cmp.split_fit_holdout([{"image_id": i} for i in reversed(train_ids)], 0.34)
+    fit, held = split_fit_holdout([{"image_id": i} for i in reversed(train_ids)], 0.34)
     fit_ids = [d["image_id"] for d in fit]
     assert [d["image_id"] for d in held] == holdout == train_ids[-4:]
     assert not set(fit_ids) & set(holdout) and sorted(fit_ids + holdout) == train_ids
@@ -133,14 +148,14 @@ def test_whole_pipeline_tiny(tmp_path):
 
 def test_split_is_deterministic_disjoint_and_complete():
     dicts = [{"image_id": i} for i in (7, 3, 11, 5, 2, 13, 1, 8, 4, 10)]
-    fit, holdout = cmp.split_fit_holdout(dicts, 0.2)
+    fit, holdout = split_fit_holdout(dicts, 0.2)
     assert [d["image_id"] for d in holdout] == [11, 13]
     assert sorted(d["image_id"] for d in fit + holdout) == sorted(d["image_id"] for d in dicts)
-    assert cmp.split_fit_holdout(list(reversed(dicts)), 0.2) == (fit, holdout)
-    assert len(cmp.split_fit_holdout(dicts[:2], 0.01)[1]) == 1  # at least one held out
-    assert len(cmp.split_fit_holdout(dicts[:2], 0.99)[0]) == 1  # at least one to fit
+    assert split_fit_holdout(list(reversed(dicts)), 0.2) == (fit, holdout)
+    assert len(split_fit_holdout(dicts[:2], 0.01)[1]) == 1  # at least one held out
+    assert len(split_fit_holdout(dicts[:2], 0.99)[0]) == 1  # at least one to fit
     with pytest.raises(ValueError):
-        cmp.split_fit_holdout(dicts[:1], 0.2)
+        split_fit_holdout(dicts[:1], 0.2)
 
 
 def test_registered_fit_holdout_datasets_copy_the_metadata():
@@ -154,7 +169,7 @@ def test_registered_fit_holdout_datasets_copy_the_metadata():
                                   thing_dataset_id_to_contiguous_id={1: 0, 2: 1},
                                   json_file="/nonexistent.json")
     try:
-        fit, holdout = cmp.register_fit_holdout(name, 0.4)
+        fit, holdout = register_fit_holdout(name, 0.4)
         assert (fit, holdout) == (name + "_fit", name + "_holdout")
         assert [d["image_id"] for d in DatasetCatalog.get(holdout)] == [3, 4]
         assert [d["image_id"] for d in DatasetCatalog.get(fit)] == [0, 1, 2]
@@ -171,17 +186,50 @@ def test_registered_fit_holdout_datasets_copy_the_metadata():
                 MetadataCatalog.remove(n)
 
 
+def test_eval_results_are_wrapped_and_missing_ones_raise():
+    """RSTrainer.test's return value: one dataset comes unwrapped; a dataset or task
+    without results (no evaluator, nothing evaluated) is an error, not a run without AP."""
+    box = {"AP": 5.0, "AP50": float("nan")}
+    assert eval_results({"bbox": box}, ("val",), ("bbox",)) == \
+        {"val": {"bbox": {"AP": 5.0, "AP50": None}}}
+    both = {"holdout": {"bbox": box}, "val": {"bbox": box}}
+    assert eval_results(both, ("holdout", "val"), ("bbox",))["holdout"]["bbox"]["AP"] == 5.0
+    with pytest.raises(RuntimeError, match="no results for val/bbox"):
+        eval_results({}, ("val",), ("bbox",))  # DefaultTrainer.test without an evaluator
+    with pytest.raises(RuntimeError, match="no results for val/segm"):
+        eval_results({"bbox": box}, ("val",), ("bbox", "segm"))
+    with pytest.raises(RuntimeError, match="no results for holdout/bbox"):
+        eval_results({"holdout": {}, "val": {"bbox": box}}, ("holdout", "val"), ("bbox",))
+
+
+def test_a_failing_run_stops_the_comparison_with_its_error(tmp_path, capsys):
+    """A run subprocess that fails writes no result; the driver stops with its output
+    (the next invocation deletes the partial run folder and starts it again)."""
+    args = cmp.parse_args(["--datasets", "rs_synthetic", "--pairs", "faster",
+                           "--output-dir", str(tmp_path / "out")])
+    planner = Planner(args)
+    spec = dict(planner.spec("rs_synthetic", "faster", "rs", 0.01, 1, "grid", False),
+                train_dataset="cmp_test_unregistered_train")
+    with pytest.raises(SystemExit) as failed:
+        Driver(args, planner).ensure_run(spec)
+    message = str(failed.value)
+    assert f"{spec['name']} failed (exit 1)" in message
+    assert "KeyError" in message and "cmp_test_unregistered_train" in message
+    assert not os.path.exists(spec["result"])
+    assert os.path.exists(os.path.join(spec["run_dir"], "console.log"))
+
+
 def test_lr_selection_and_curve_points():
     grid = [dict(lr=0.03, status="ok", holdout_box_AP=5.0),
             dict(lr=0.01, status="ok", holdout_box_AP=5.0),
             dict(lr=0.02, status="ok", holdout_box_AP=None),
             dict(lr=0.06, status="diverged", holdout_box_AP=None)]
-    assert cmp.select_lr(grid)["lr"] == 0.01  # tie: the smaller learning rate
-    assert cmp.select_lr(grid + [dict(lr=0.04, status="ok", holdout_box_AP=5.5)])["lr"] == 0.04
-    assert cmp.select_lr(grid[2:]) is None
-    assert cmp.curve_iterations(360, 4) == (90, [90, 180, 270, 360])
-    assert cmp.curve_iterations(10, 4) == (3, [3, 6, 9, 10])
-    assert cmp.curve_iterations(5, 1) == (5, [5])
+    assert select_lr(grid)["lr"] == 0.01  # tie: the smaller learning rate
+    assert select_lr(grid + [dict(lr=0.04, status="ok", holdout_box_AP=5.5)])["lr"] == 0.04
+    assert select_lr(grid[2:]) is None
+    assert curve_iterations(360, 4) == (90, [90, 180, 270, 360])
+    assert curve_iterations(10, 4) == (3, [3, 6, 9, 10])
+    assert curve_iterations(5, 1) == (5, [5])
 
 
 # ----------------------------------------------------------------------------------------
@@ -212,24 +260,24 @@ def fake_pretrained_configs(folder, overrides=None):
 def pretrained_dir(tmp_path, monkeypatch):
     folder = tmp_path / "pretrained"
     fake_pretrained_configs(folder)
-    monkeypatch.setitem(cmp.CONFIG_DIRS, "pretrained", str(folder))
+    monkeypatch.setitem(CONFIG_DIRS, "pretrained", str(folder))
     return folder
 
 
 def test_regime_configs_output_dirs_and_grids():
-    assert cmp.config_for("scratch", "rs_synthetic", "mask", "rs") == \
+    assert config_for("scratch", "rs_synthetic", "mask", "rs") == \
         "configs/Synthetic/rs_mask_rcnn_R_18_FPN.yaml"
-    assert cmp.config_for("pretrained", "rs_synthetic_hard", "atss", "stock_gn") == \
+    assert config_for("pretrained", "rs_synthetic_hard", "atss", "stock_gn") == \
         "configs/Synthetic/pretrained/retinanet_gn_R_18_FPN_hard.yaml"
-    assert cmp.pair_sides("rs_synthetic", "atss") == ["stock", "stock_gn", "rs"]
-    assert cmp.pair_sides("rs_synthetic_hard", "mask") == ["stock", "rs"]
+    assert pair_sides("rs_synthetic", "atss") == ["stock", "stock_gn", "rs"]
+    assert pair_sides("rs_synthetic_hard", "mask") == ["stock", "rs"]
     # Every scratch config exists, and the GN twins differ from stock only in the head norm.
-    for d in cmp.DATASETS:
-        for pair in cmp.PAIRS:
-            for side in cmp.pair_sides(d, pair):
-                assert os.path.exists(os.path.join(ROOT, cmp.config_for("scratch", d, pair, side)))
-    planner = cmp.Planner(cmp.parse_args([]))
-    for d in cmp.DATASETS:
+    for d in DATASETS:
+        for pair in PAIRS:
+            for side in pair_sides(d, pair):
+                assert os.path.exists(os.path.join(ROOT, config_for("scratch", d, pair, side)))
+    planner = Planner(cmp.parse_args([]))
+    for d in DATASETS:
         assert planner.check_pair(d, "atss") == []
         stock, gn = (planner.load_cfg(planner.config(d, "atss", s)) for s in ("stock", "stock_gn"))
         assert (stock.MODEL.RETINANET.NORM, gn.MODEL.RETINANET.NORM) == ("", "GN")
@@ -247,16 +295,16 @@ def test_regime_configs_output_dirs_and_grids():
     assert out(["--regime", "pretrained", "--output-dir", "/x"]) == "/x"
 
     args = cmp.parse_args([])
-    assert [cmp.side_lrs(args, s) for s in ("rs", "stock", "stock_gn")] == \
+    assert [side_lrs(args, s) for s in ("rs", "stock", "stock_gn")] == \
         [[0.01, 0.02, 0.03], [0.01, 0.03, 0.06], [0.01, 0.03, 0.06]]
     args = cmp.parse_args(["--lrs-stock", "0.1", "--lrs-stock-gn", "0.2", "0.3"])
-    assert [cmp.side_lrs(args, s) for s in ("rs", "stock", "stock_gn")] == \
+    assert [side_lrs(args, s) for s in ("rs", "stock", "stock_gn")] == \
         [[0.01, 0.02, 0.03], [0.1], [0.2, 0.3]]
 
 
 def test_pretrained_specs_and_check_pair(tmp_path, pretrained_dir):
     args = cmp.parse_args(["--regime", "pretrained", "--output-dir", str(tmp_path / "out")])
-    planner = cmp.Planner(args)
+    planner = Planner(args)
     spec = planner.spec("rs_synthetic", "atss", "stock_gn", 0.03, 1, "grid", False)
     assert spec["config"] == str(pretrained_dir / "retinanet_gn_R_18_FPN.yaml")
     assert spec["regime"] == "pretrained"
@@ -270,7 +318,7 @@ def test_pretrained_specs_and_check_pair(tmp_path, pretrained_dir):
     fake_pretrained_configs(pretrained_dir, {
         "stock_gn": {"MODEL.BACKBONE.FREEZE_AT": 0},
         "stock": {"MODEL.WEIGHTS": "rs_pretrained://other.pth", "MODEL.RESNETS.NORM": "BN"}})
-    diffs = cmp.Planner(args).check_pair("rs_synthetic", "atss")
+    diffs = Planner(args).check_pair("rs_synthetic", "atss")
     assert sorted(diffs) == sorted([
         "MODEL.WEIGHTS: RS rs_pretrained://test.pth vs stock rs_pretrained://other.pth",
         "MODEL.RESNETS.NORM: RS FrozenBN vs stock BN",
@@ -314,22 +362,22 @@ def test_dry_run_pretrained_uses_its_configs(tmp_path, capsys, pretrained_dir):
 def fake_result(out, regime="scratch", max_iter=1000, dataset="rs_synthetic", pair="atss",
                 side="rs", lr=0.01, seed=1, role="grid", box_ap=10.0, holdout_ap=None, **extra):
     """A finished run's result JSON, with what the report reads."""
-    name = cmp.run_name(regime, dataset, pair, side, lr, seed)
+    name = run_name(regime, dataset, pair, side, lr, seed)
     val = {"bbox": {"AP": box_ap, "AP50": box_ap + 10, "AP75": box_ap - 1}}
     r = dict(name=name, regime=regime, dataset=dataset, pair=pair, side=side,
-             model=cmp.MODEL_NAMES[(pair, side)], role=role, lr=lr, seed=seed,
+             model=MODEL_NAMES[(pair, side)], role=role, lr=lr, seed=seed,
              max_iter=max_iter, status="ok", holdout_fraction=0.2,
              holdout_box_AP=box_ap if holdout_ap is None else holdout_ap, val=val,
              backbone=dict(weights="rs_pretrained://x.pth" if regime == "pretrained" else "",
                            norm="FrozenBN" if regime == "pretrained" else "BN",
                            freeze_at=2 if regime == "pretrained" else 0),
-             config=cmp.config_for(regime, dataset, pair, side), opts=[], seconds_per_iter=0.1,
+             config=config_for(regime, dataset, pair, side), opts=[], seconds_per_iter=0.1,
              train_seconds=100.0, wall_seconds=120.0, ims_per_batch=4, curve_iters=[max_iter],
              curve=[dict(iter=max_iter // 2, box_AP=box_ap / 2, mask_AP=None),
                     dict(iter=max_iter, box_AP=box_ap, mask_AP=None)],
              curve_complete=True, machine=dict(cpu="test CPU"), versions=dict(python="3"),
              result=os.path.join(out, "results", name + ".json"), **extra)
-    cmp._write_json(r["result"], r)
+    write_json(r["result"], r)
     return r
 
 
@@ -340,25 +388,25 @@ def test_output_dir_and_resume_refuse_another_regime_or_max_iter(tmp_path, capsy
         cmp.main(["--dry-run", "--regime", "pretrained", "--output-dir", out])
     with pytest.raises(SystemExit, match="another setting"):
         cmp.main(["--dry-run", "--pairs", "mask", "--max-iter", "2000", "--output-dir", out])
-    cmp.check_output_dir(out, "scratch", 1000)
+    check_output_dir(out, "scratch", 1000)
     # Results made before regimes existed (named without one) are refused too: they would
     # be trained again under the new names. The report counts them as scratch.
     legacy = tmp_path / "legacy"
     r = fake_result(str(legacy))
     del r["regime"]
-    cmp._write_json(r["result"], r)
+    write_json(r["result"], r)
     with pytest.raises(SystemExit, match="before regimes"):
-        cmp.check_output_dir(str(legacy), "scratch", 1000)
-    md = open(cmp.write_report(str(legacy), quiet=True)["md"]).read()
+        check_output_dir(str(legacy), "scratch", 1000)
+    md = open(write_report(str(legacy), quiet=True)["md"]).read()
     assert md.startswith("# RS detectors vs detectron2's stock detectors (scratch regime, 1000 iterations)")
 
     # The per-run check compares the regime and the schedule too.
-    planner = cmp.Planner(cmp.parse_args(["--output-dir", out]))
+    planner = Planner(cmp.parse_args(["--output-dir", out]))
     spec = planner.spec("rs_synthetic", "atss", "rs", 0.01, 1, "grid", False)
-    assert cmp._comparable(dict(spec), spec) is None
-    assert cmp._comparable(dict(spec, regime="pretrained"), spec).startswith("regime:")
-    assert cmp._comparable(dict(spec, max_iter=2000), spec).startswith("max_iter:")
-    assert cmp._comparable(dict(spec, config=cmp.config_for("pretrained", "rs_synthetic", "atss", "rs")),
+    assert comparable(dict(spec), spec) is None
+    assert comparable(dict(spec, regime="pretrained"), spec).startswith("regime:")
+    assert comparable(dict(spec, max_iter=2000), spec).startswith("max_iter:")
+    assert comparable(dict(spec, config=config_for("pretrained", "rs_synthetic", "atss", "rs")),
                            spec).startswith("config:")
 
 
@@ -369,7 +417,7 @@ def test_report_shows_each_stock_model_against_rs(tmp_path):
         fake_result(out, "pretrained", 2000, side=side, lr=0.01, box_ap=ap1)
         fake_result(out, "pretrained", 2000, side=side, lr=0.03, box_ap=1.0)
         fake_result(out, "pretrained", 2000, side=side, lr=0.01, seed=2, role="seed", box_ap=ap2)
-    paths = cmp.write_report(out, quiet=True)
+    paths = write_report(out, quiet=True)
     md = open(paths["md"]).read()
     lines = md.splitlines()
     assert lines[0] == ("# RS detectors vs detectron2's stock detectors "
@@ -396,6 +444,6 @@ def test_report_shows_each_stock_model_against_rs(tmp_path):
     # A pair with the third model not run yet says so.
     for p in glob.glob(os.path.join(out, "results", "*stock_gn*.json")):
         os.remove(p)
-    md = open(cmp.write_report(out, quiet=True)["md"]).read()
+    md = open(write_report(out, quiet=True)["md"]).read()
     assert "| RetinaNet with GN head (detectron2) | (no runs yet) |" in md
     assert "RS - stock_gn" not in md and "RS - stock, mean val box AP: +30.0" in md

@@ -1,4 +1,5 @@
-"""Parity of the fast RS Loss with the slow reference written from the spec, and its edge cases."""
+"""Parity of the fast RS Loss with the slow reference written from docs/rs_loss.md, and its
+edge cases."""
 import importlib
 import math
 
@@ -18,7 +19,7 @@ NUM_RANDOM_CASES = 240
 
 
 def make_case(seed):
-    """A seeded random (logits, targets, delta, kind) covering the spec's edge cases."""
+    """A seeded random (logits, targets, delta, kind) covering the edge cases of docs/rs_loss.md."""
     rng = np.random.default_rng(seed)
     delta = DELTAS[seed % 3]
     kind = (
@@ -89,7 +90,7 @@ def test_float64_parity_with_reference(seed):
     assert abs(got[1] - ref[1]) <= 1e-6, (kind, got[1], ref[1])
     assert np.max(np.abs(got[2] - ref[2]), initial=0) <= 1e-6, kind
     assert np.max(np.abs(got[3] - ref[3]), initial=0) <= 1e-6, kind
-    # The combined gradient of L_rank + L_sort is the spec's g.
+    # The combined gradient of L_rank + L_sort is the g of docs/rs_loss.md.
     _, _, g = fast_rank_sort(scores, targets, delta)
     assert np.max(np.abs(g.numpy() - (ref[2] + ref[3])), initial=0) <= 1e-6
 
