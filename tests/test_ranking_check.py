@@ -83,7 +83,8 @@ def test_default_keys():
 
 @pytest.mark.parametrize("period", [0, 7])
 def test_trainer_adds_the_hook(tiny_data, tmp_path, period):  # noqa: F811
-    cfg = tiny_cfg(tmp_path, "MODEL.RS.RANKING_CHECK.PERIOD", str(period))
+    cfg = tiny_cfg(tmp_path, "MODEL.RS.RANKING_CHECK.PERIOD", str(period),
+                   "MODEL.RPN.LOSS_WEIGHT", "0.2")  # the RS-RPN's weight: loss_rpn_rank / 0.2
     trainer = RSTrainer(cfg)
     checks = [h for h in trainer._hooks if isinstance(h, RankingStallCheck)]
     assert len(checks) == (1 if period else 0)
