@@ -73,7 +73,7 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
         pred_boxes = self.box2box_transform.apply_deltas(fg_deltas, proposal_boxes[fg])
 
         out = rs_head_losses(scores, gt_classes < 0, fg, fg_classes, pred_boxes, gt_boxes[fg],
-                             self.delta)
+                             self.delta, pos_weights=self.score_weights(predictions)[fg])
         get_event_storage().put_scalar("roi_head/box_balance", out.box_balance)
         w_cls = self.loss_weight.get("loss_cls", 1.0)
         w_box = self.loss_weight.get("loss_box_reg", 1.0)

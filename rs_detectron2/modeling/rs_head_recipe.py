@@ -7,7 +7,7 @@ auxiliary loss so that its value equals the RS loss of its stage (no tuned weigh
 :func:`rs_head_losses`. The pieces (IoU targets, score-weighted means, value-based
 balancing) are public for the heads that combine other losses (the mask head).
 """
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from fvcore.nn import giou_loss
@@ -87,6 +87,7 @@ def rs_head_losses(
     pred_boxes: Tensor,
     gt_boxes: Tensor,
     delta: float,
+    pos_weights: Optional[Tensor] = None,
 ) -> RSHeadLosses:
     """RS Loss and the balanced, score-weighted GIoU loss of one head over a whole batch.
 
@@ -98,6 +99,9 @@ def rs_head_losses(
         pred_boxes, gt_boxes: (P, 4) each positive's decoded predicted box and its ground
             truth (XYXY).
         delta: smoothing of RS Loss.
+        pos_weights: (P,) the positives' box-loss weights if the head has them already
+            (the RoI box predictor computes every proposal's, for the mask head too);
+            default :func:`score_weights` of the positives' rows.
 
     A positive's RS target is the IoU of its predicted box with its ground truth (at its
     class; every other entry of its row is a negative); its box loss is weighted by its
@@ -108,6 +112,8 @@ def rs_head_losses(
     targets[ignored] = -1.0
     targets[pos_rows, pos_classes] = localisation_quality(pred_boxes, gt_boxes).to(targets.dtype)
     loss_rank, loss_sort = rank_sort_loss(logits, targets, delta)
-    loss_box = score_weighted_giou_loss(pred_boxes, gt_boxes, score_weights(logits[pos_rows]))
+    if pos_weights is None:
+        pos_weights = score_weights(logits[pos_rows])
+    loss_box = score_weighted_giou_loss(pred_boxes, gt_boxes, pos_weights)
     loss_box, coefficient = balance_to(loss_box, loss_rank + loss_sort)
     return RSHeadLosses(loss_rank, loss_sort, loss_box, coefficient)
