@@ -28,7 +28,6 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.utils.file_io import PathManager
 
 from . import pretraining
-from .config import add_rs_config
 from .data.builtin import default_datasets_root
 from .data.synthetic_classification import CLASSIFICATION_GENERATOR_VERSION
 
@@ -83,8 +82,7 @@ def pretrained_cfg(name: str) -> CfgNode:
     """The detector config keys that build the backbone ``name`` names (from detectron2's
     defaults, as the synthetic configs: their PIXEL_MEAN / PIXEL_STD and INPUT.FORMAT)."""
     depth, res2, stem = _parse(name)
-    cfg = get_cfg()
-    add_rs_config(cfg)
+    cfg = get_cfg()  # detectron2's keys are all the backbone reads
     cfg.MODEL.BACKBONE.NAME = "build_small_resnet_fpn_backbone"
     cfg.MODEL.RESNETS.DEPTH = depth
     cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = res2
