@@ -14,7 +14,6 @@ Each probe is one JSON line: ``{"iteration", "backbone_grad": {loss: norm},
 "mean_act": {fc1, fc2}}``. The balancing coefficients are in the run's metrics.json.
 Used for docs/rs_vs_stock.md.
 """
-import argparse
 import json
 import os
 import sys
@@ -24,8 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import rs_detectron2  # noqa: F401,E402
-from detectron2.engine import default_argument_parser, hooks  # noqa: E402
+from detectron2.engine import default_argument_parser  # noqa: E402
 from detectron2.engine.train_loop import SimpleTrainer  # noqa: E402
 from rs_detectron2.engine import RSTrainer, default_rs_setup  # noqa: E402
 
