@@ -6,6 +6,8 @@ Like detectron2's ``tools/train_net.py``::
     python train_net.py --config-file configs/X.yaml --num-gpus 2
     python train_net.py --config-file configs/X.yaml --eval-only MODEL.WEIGHTS out/model_final.pth
     python train_net.py --config-file configs/X.yaml --resume
+    python train_net.py --config-file configs/X.yaml --coco-dataset my_train train.json images/ \
+        DATASETS.TRAIN '("my_train",)' MODEL.ROI_HEADS.NUM_CLASSES 2
 
 ``--num-gpus N`` starts N processes; without GPUs they use the gloo backend on the CPU.
 """
@@ -14,18 +16,26 @@ from typing import Any, Dict, Optional
 
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import launch
 from detectron2.evaluation import verify_results
 
 import rs_detectron2.config  # noqa: F401  (registers the RS heads, datasets and weights)
-from rs_detectron2.engine import RSTrainer, default_rs_setup
+from rs_detectron2.engine import (
+    RSTrainer,
+    check_dataset_classes,
+    default_rs_setup,
+    register_datasets_from_args,
+    rs_argument_parser,
+)
 
 
 def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     """Evaluate (``--eval-only``) or train; returns the evaluation results, if any."""
+    register_datasets_from_args(args)  # in every process that launch starts
     cfg = default_rs_setup(args)
 
     if args.eval_only:
+        check_dataset_classes(cfg, cfg.DATASETS.TEST, evaluated=True)  # before building anything
         model = RSTrainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
@@ -42,7 +52,7 @@ def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
 
 
 def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
+    args = rs_argument_parser().parse_args()
     print("Command Line Args:", args)
     launch(
         main,

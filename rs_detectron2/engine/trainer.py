@@ -28,6 +28,7 @@ from ..data import register_rs_synthetic_datasets
 from ..evaluation import OLRPEvaluator, RSLVISEvaluator
 from ..modeling.backbone import check_deformable_backbone
 from ..modeling.sparse_poolers import use_sparse_cpu_poolers
+from .dataset_check import check_dataset_classes
 from .ranking_check import RankingStallCheck
 
 __all__ = ["RSTrainer", "default_rs_setup", "fall_back_to_cpu"]
@@ -77,7 +78,10 @@ class RSTrainer(DefaultTrainer):
     * :meth:`build_hooks` adds :class:`RankingStallCheck` (``MODEL.RS.RANKING_CHECK``),
       which warns when an RS ranking loss has not started to fall;
     * a model on the CPU is wrapped in DistributedDataParallel with ``device_ids=None``,
-      so ``train_net.py --num-gpus N`` also works on a CPU-only machine.
+      so ``train_net.py --num-gpus N`` also works on a CPU-only machine;
+    * before anything is built it checks that the training datasets' classes fit the
+      model and that the test datasets' classes are the model's
+      (:func:`~.dataset_check.check_dataset_classes`); :meth:`test` checks them again.
     """
 
     def __init__(self, cfg: CfgNode):
@@ -87,6 +91,8 @@ class RSTrainer(DefaultTrainer):
         """
         # DefaultTrainer.__init__ builds the model and wraps it in DDP in one go; the only
         # seam is the module-level ``create_ddp_model`` it calls, substituted just for now.
+        check_dataset_classes(cfg, cfg.DATASETS.TRAIN)
+        check_dataset_classes(cfg, cfg.DATASETS.TEST, evaluated=True)
         with _cpu_ddp_without_device_ids():
             super().__init__(cfg)
 
@@ -111,6 +117,13 @@ class RSTrainer(DefaultTrainer):
         ``POOLER_SPARSE_CPU`` get the sparse CPU ROIAlign (any RoI heads, stock too)."""
         check_deformable_backbone(cfg)
         return use_sparse_cpu_poolers(super().build_model(cfg), cfg)
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: nn.Module, evaluators=None):
+        """detectron2's evaluation on ``cfg.DATASETS.TEST``, after checking that their
+        classes fit the model (:func:`~.dataset_check.check_dataset_classes`)."""
+        check_dataset_classes(cfg, cfg.DATASETS.TEST, evaluated=True)
+        return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_evaluator(

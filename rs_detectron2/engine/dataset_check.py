@@ -1,0 +1,53 @@
+"""A start-up check that the datasets' classes fit the model's classifier.
+
+detectron2's softmax heads fail late with a bare ``IndexError`` when a dataset has more
+classes than ``NUM_CLASSES``; RS heads (sigmoid, no background) would even train without a
+word, every class at or beyond ``NUM_CLASSES`` silently becoming a negative. The check
+stops a run before it starts, naming both numbers and the key to set.
+"""
+from typing import Sequence, Tuple
+
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+__all__ = ["model_num_classes", "check_dataset_classes"]
+
+
+def model_num_classes(cfg: CfgNode) -> Tuple[str, int]:
+    """The config key holding the number of classes of ``cfg``'s model, and its value:
+    ``MODEL.RETINANET.NUM_CLASSES`` for the RetinaNet meta-architectures (detectron2's
+    and RSRetinaNet), ``MODEL.ROI_HEADS.NUM_CLASSES`` otherwise."""
+    if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE:
+        return "MODEL.RETINANET.NUM_CLASSES", int(cfg.MODEL.RETINANET.NUM_CLASSES)
+    return "MODEL.ROI_HEADS.NUM_CLASSES", int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+
+
+def check_dataset_classes(cfg: CfgNode, dataset_names: Sequence[str],
+                          evaluated: bool = False) -> None:
+    """Raise ValueError when a dataset's ``thing_classes`` outnumber the model's classes,
+    and, for a dataset that is ``evaluated``, also when the model has more classes than it
+    (detectron2's COCO evaluator fails on a prediction of a class the dataset lacks, after
+    the whole training).
+
+    A dataset whose metadata has no ``thing_classes`` yet (a COCO JSON registered with
+    ``register_coco_instances`` fills them when it is loaded) is loaded first; a dataset
+    without classes at all is not checked.
+    """
+    key, num_classes = model_num_classes(cfg)
+    for name in dataset_names:
+        classes = MetadataCatalog.get(name).get("thing_classes", None)
+        if classes is None and name in DatasetCatalog:
+            DatasetCatalog.get(name)  # loading a COCO JSON sets its thing_classes
+            classes = MetadataCatalog.get(name).get("thing_classes", None)
+        if classes is not None and len(classes) > num_classes:
+            raise ValueError(
+                f"dataset '{name}' has {len(classes)} classes ({', '.join(map(str, classes[:8]))}"
+                f"{', ...' if len(classes) > 8 else ''}) but the model has {key} = "
+                f"{num_classes}: set {key} {len(classes)} (on the command line or in the "
+                f"config). With fewer outputs than classes, an RS head would treat every "
+                f"class from {num_classes} on as background without a word.")
+        if evaluated and classes is not None and len(classes) < num_classes:
+            raise ValueError(
+                f"evaluation dataset '{name}' has {len(classes)} classes but the model has "
+                f"{key} = {num_classes}: set {key} {len(classes)} (the evaluator rejects "
+                f"predictions of a class the dataset does not have).")
