@@ -1,0 +1,189 @@
+"""Export of the RS models as detectron2 exports its own (docs/deployment.md): tracing
+(TracingAdapter + torch.jit.trace), scripting (scripting_with_instances) and ONNX, each
+saved, loaded and compared with the eager model.
+
+The models are tiny versions of the shipped synthetic configs, built by RSTrainer (so the
+R-CNNs' poolers use the sparse CPU ROIAlign, which steps aside for torchvision's kernel
+while exporting), with random weights, in eval mode, on random 64-128 px images.
+"""
+import os
+
+import pytest
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.export import TracingAdapter, scripting_with_instances
+from detectron2.layers import ROIAlign
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.testing import convert_scripted_instances
+
+from rs_detectron2 import add_rs_config
+from rs_detectron2.engine import RSTrainer
+from rs_detectron2.layers import SparseROIAlign
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYNTHETIC = os.path.join(ROOT, "configs", "Synthetic")
+ATOL = 1e-4
+
+# name -> (shipped synthetic config, overrides). No synthetic RS-Cascade config ships: it is
+# RS-Faster R-CNN with the cascade heads of COCO-Detection/rs_cascade_rcnn_R_50_FPN_1x.yaml.
+MODELS = {
+    "rs_faster": ("rs_faster_rcnn_R_18_FPN.yaml", []),
+    "rs_mask": ("rs_mask_rcnn_R_18_FPN.yaml", []),
+    "rs_cascade": ("rs_faster_rcnn_R_18_FPN.yaml",
+                   ["MODEL.ROI_HEADS.NAME", "RSCascadeROIHeads",
+                    "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", True]),
+    "rs_atss": ("rs_atss_R_18_FPN.yaml", []),
+    "rs_retinanet": ("Base-RS-Synthetic-R18-RetinaNet.yaml", []),
+}
+TWO_STAGE = ("rs_faster", "rs_mask", "rs_cascade")
+# The fields of Instances that scripting needs to know (as in detectron2's own tests).
+FIELDS = {
+    "proposal_boxes": Boxes,
+    "objectness_logits": torch.Tensor,
+    "pred_boxes": Boxes,
+    "scores": torch.Tensor,
+    "pred_classes": torch.Tensor,
+    "pred_masks": torch.Tensor,
+}
+
+
+def tiny_cfg(name):
+    """The shipped synthetic config of ``name``, shrunk to run in seconds on a CPU."""
+    config_file, overrides = MODELS[name]
+    cfg = get_cfg()
+    add_rs_config(cfg)
+    cfg.merge_from_file(os.path.join(SYNTHETIC, config_file))
+    cfg.merge_from_list(overrides)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 8
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 8
+    cfg.MODEL.FPN.OUT_CHANNELS = 32  # GroupNorm(32) of the RS-ATSS head
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 32
+    cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 8
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 100
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 20
+    cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST = 100
+    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.0  # random weights score about the prior, 0.01
+    cfg.TEST.DETECTIONS_PER_IMAGE = 10
+    return cfg
+
+
+def build_tiny(name):
+    torch.manual_seed(0)
+    model = RSTrainer.build_model(tiny_cfg(name))
+    return model.eval()
+
+
+def images(sizes, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.randint(0, 256, (3, h, w), generator=gen).float() for h, w in sizes)
+
+
+TRACE_IMAGES = ((64, 96), (80, 72))  # the sizes the model is traced with
+TEST_IMAGES = ((96, 128), (112, 80))  # the sizes it is compared on
+
+
+def inference(model, *images):
+    """One Instances per image: the R-CNNs' detections before resizing (RoI masks 28 x 28),
+    as detectron2's export tests compare them; the one-stage models' as they return them."""
+    inputs = [{"image": image} for image in images]
+    if hasattr(model, "roi_heads"):
+        return model.inference(inputs, do_postprocess=False)
+    return [out["instances"] for out in model(inputs)]
+
+
+def max_abs_diff(expected, actual):
+    """Max |difference| over the float fields of two lists of Instances; asserts equal
+    lengths, fields and integer fields (classes)."""
+    assert len(expected) == len(actual)
+    worst = 0.0
+    for want, got in zip(expected, actual):
+        if not isinstance(got, Instances):
+            got = convert_scripted_instances(got)
+        assert len(want) > 0, "nothing detected: the comparison would be empty"
+        assert sorted(want.get_fields()) == sorted(got.get_fields())
+        for field, value in want.get_fields().items():
+            other = got.get(field)
+            if isinstance(value, Boxes):
+                value, other = value.tensor, other.tensor
+            assert value.shape == other.shape, field
+            if value.dtype.is_floating_point:
+                worst = max(worst, (value - other).abs().max().item())
+            else:
+                assert torch.equal(value, other), field
+    return worst
+
+
+def uses_sparse_pooling(model):
+    heads = getattr(model, "roi_heads", None)
+    poolers = [getattr(heads, name, None) for name in ("box_pooler", "mask_pooler")]
+    levels = [level for p in poolers if p is not None for level in p.level_poolers]
+    return bool(levels) and all(isinstance(level, SparseROIAlign) for level in levels)
+
+
+@pytest.mark.parametrize("name", TWO_STAGE)
+def test_export_models_use_sparse_pooling_as_shipped(name):
+    """The eager reference of the two-stage tests is the sparse CPU ROIAlign."""
+    assert uses_sparse_pooling(build_tiny(name))
+
+
+def test_export_sparse_roi_align_steps_aside_only_while_exporting():
+    """Eager: the sparse product; traced, scripted: torchvision's kernel; equal results."""
+    layer = SparseROIAlign((7, 7), 0.25, 0, aligned=True)
+    x = torch.rand(2, 4, 20, 24)
+    rois = torch.tensor([[0, 3.0, 5, 60, 40], [1, 10, 0, 90, 70], [0, 0, 0, 95, 79]])
+    assert SparseROIAlign.uses_sparse(x)
+    traced = torch.jit.trace(layer, (x, rois))
+    graph = str(traced.inlined_graph)
+    assert "torchvision::roi_align" in graph and "PythonOp" not in graph
+    scripted = torch.jit.script(layer)
+    assert "torchvision::roi_align" in str(scripted.inlined_graph)
+    reference = ROIAlign((7, 7), 0.25, 0, aligned=True)(x, rois)
+    for out in (layer(x, rois), traced(x, rois), scripted(x, rois)):
+        torch.testing.assert_close(out, reference, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_export_tracing(name, tmp_path):
+    """TracingAdapter + torch.jit.trace at two image sizes, save, load, run at two others."""
+    model = build_tiny(name)
+    adapter = TracingAdapter(model, images(TRACE_IMAGES, 1), inference)
+    with torch.no_grad():
+        traced = torch.jit.trace(adapter, images(TRACE_IMAGES, 1))
+    assert "PythonOp" not in str(traced.inlined_graph)
+    traced.save(str(tmp_path / "model.ts"))
+    loaded = torch.jit.load(str(tmp_path / "model.ts"))
+    test_images = images(TEST_IMAGES, 2)
+    with torch.no_grad():
+        expected = inference(model, *test_images)
+        actual = adapter.outputs_schema(loaded(*test_images))
+    diff = max_abs_diff(expected, actual)
+    print(f"tracing {name}: max abs diff {diff:.3g}")
+    assert diff < ATOL
+    if name in TWO_STAGE:
+        assert uses_sparse_pooling(model)  # the eager model kept its sparse pooling
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_export_scripting(name, tmp_path):
+    """scripting_with_instances, save, load, outputs equal to eager's."""
+    model = build_tiny(name)
+    scripted = scripting_with_instances(model, FIELDS)
+    scripted.save(str(tmp_path / "model.ts"))
+    loaded = torch.jit.load(str(tmp_path / "model.ts"))
+    test_images = images(TEST_IMAGES, 2)
+    inputs = [{"image": image} for image in test_images]
+    with torch.no_grad():
+        expected = inference(model, *test_images)
+        if name in TWO_STAGE:
+            actual = loaded.inference(inputs, do_postprocess=False)
+        else:  # scripted one-stage models return the detections before resizing
+            actual = [detector_postprocess(convert_scripted_instances(x), *image.shape[1:])
+                      for x, image in zip(loaded(inputs), test_images)]
+    diff = max_abs_diff(expected, actual)
+    print(f"scripting {name}: max abs diff {diff:.3g}")
+    assert diff < ATOL
+    if name in TWO_STAGE:
+        assert uses_sparse_pooling(model)
