@@ -25,6 +25,7 @@ from rs_detectron2.layers import SparseROIAlign
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = os.path.join(ROOT, "configs", "Synthetic")
 ATOL = 1e-4
+ONNX_OPSET = 17
 
 # name -> (shipped synthetic config, overrides). No synthetic RS-Cascade config ships: it is
 # RS-Faster R-CNN with the cascade heads of COCO-Detection/rs_cascade_rcnn_R_50_FPN_1x.yaml.
@@ -149,7 +150,7 @@ def test_export_sparse_roi_align_steps_aside_only_while_exporting():
 def test_export_tracing(name, tmp_path):
     """TracingAdapter + torch.jit.trace at two image sizes, save, load, run at two others."""
     model = build_tiny(name)
-    adapter = TracingAdapter(model, images(TRACE_IMAGES, 1), inference)
+    adapter = TracingAdapter(model, images(TRACE_IMAGES, 1), inference).eval()
     with torch.no_grad():
         traced = torch.jit.trace(adapter, images(TRACE_IMAGES, 1))
     assert "PythonOp" not in str(traced.inlined_graph)
@@ -187,3 +188,61 @@ def test_export_scripting(name, tmp_path):
     assert diff < ATOL
     if name in TWO_STAGE:
         assert uses_sparse_pooling(model)
+
+
+def export_onnx(name, path):
+    """The tiny model's TracingAdapter exported to ONNX at ``path`` (sizes of TRACE_IMAGES);
+    returns (eager model, adapter)."""
+    model = build_tiny(name)
+    # eval(): torch.onnx.export puts the adapter (and the model) back in the adapter's mode.
+    adapter = TracingAdapter(model, images(TRACE_IMAGES, 1), inference).eval()
+    torch.onnx.export(adapter, images(TRACE_IMAGES, 1), str(path), opset_version=ONNX_OPSET,
+                      dynamo=False)
+    assert not model.training
+    return model, adapter
+
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_export_onnx_writes_the_graph(name, tmp_path, monkeypatch):
+    """torch.onnx.export of the TracingAdapter writes a graph of standard ONNX ops
+    (RoiAlign for the R-CNNs, NonMaxSuppression). Without the onnx package, torch's
+    exporter builds the whole protobuf and only fails at its last step, which inserts
+    onnxscript functions (there are none here): that step is skipped then."""
+    try:
+        import onnx
+    except ImportError:
+        onnx = None
+        from torch.onnx._internal.torchscript_exporter import onnx_proto_utils
+
+        if not hasattr(onnx_proto_utils, "_add_onnxscript_fn"):
+            pytest.skip("onnx is not installed and this torch's exporter needs it")
+        monkeypatch.setattr(onnx_proto_utils, "_add_onnxscript_fn", lambda proto, opsets: proto)
+    path = tmp_path / "model.onnx"
+    export_onnx(name, path)
+    data = path.read_bytes()
+    assert len(data) > 10000
+    assert b"NonMaxSuppression" in data
+    assert (b"RoiAlign" in data) == (name in TWO_STAGE)
+    assert b"PythonOp" not in data
+    if onnx is not None:
+        onnx.checker.check_model(onnx.load(str(path)))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_export_onnxruntime(name, tmp_path):
+    """The ONNX model run by onnxruntime gives the eager model's outputs (at the traced
+    image sizes: the export has no dynamic axes)."""
+    pytest.importorskip("onnx", reason="the ONNX comparison needs the onnx package")
+    ort = pytest.importorskip("onnxruntime", reason="the ONNX comparison needs onnxruntime")
+    model, adapter = export_onnx(name, tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    test_images = images(TRACE_IMAGES, 3)
+    feeds = {arg.name: image.numpy() for arg, image in zip(session.get_inputs(), test_images)}
+    outputs = [torch.from_numpy(x) for x in session.run(None, feeds)]
+    with torch.no_grad():
+        expected = inference(model, *test_images)
+    diff = max_abs_diff(expected, adapter.outputs_schema(outputs))
+    print(f"onnxruntime {name}: max abs diff {diff:.3g}")
+    assert diff < ATOL
