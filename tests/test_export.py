@@ -6,10 +6,12 @@ The models are tiny versions of the shipped synthetic configs, built by RSTraine
 R-CNNs' poolers use the sparse CPU ROIAlign, which steps aside for torchvision's kernel
 while exporting), with random weights, in eval mode, on random 64-128 px images.
 """
+import importlib.util
 import os
 
 import pytest
 import torch
+from PIL import Image
 
 from detectron2.config import get_cfg
 from detectron2.export import TracingAdapter, scripting_with_instances
@@ -50,24 +52,29 @@ FIELDS = {
 }
 
 
+# The shipped synthetic configs, shrunk to run in seconds on a CPU.
+TINY_OPTS = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", 8,
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", 8,
+    "MODEL.FPN.OUT_CHANNELS", 32,  # GroupNorm(32) of the RS-ATSS head
+    "MODEL.ROI_BOX_HEAD.FC_DIM", 32,
+    "MODEL.ROI_MASK_HEAD.CONV_DIM", 8,
+    "MODEL.RPN.PRE_NMS_TOPK_TEST", 100,
+    "MODEL.RPN.POST_NMS_TOPK_TEST", 20,
+    "MODEL.RETINANET.TOPK_CANDIDATES_TEST", 100,
+    "MODEL.RETINANET.SCORE_THRESH_TEST", 0.0,  # random weights score about the prior, 0.01
+    "TEST.DETECTIONS_PER_IMAGE", 10,
+]
+
+
 def tiny_cfg(name):
-    """The shipped synthetic config of ``name``, shrunk to run in seconds on a CPU."""
+    """The shipped synthetic config of ``name`` with TINY_OPTS."""
     config_file, overrides = MODELS[name]
     cfg = get_cfg()
     add_rs_config(cfg)
     cfg.merge_from_file(os.path.join(SYNTHETIC, config_file))
-    cfg.merge_from_list(overrides)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.RESNETS.STEM_OUT_CHANNELS = 8
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 8
-    cfg.MODEL.FPN.OUT_CHANNELS = 32  # GroupNorm(32) of the RS-ATSS head
-    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 32
-    cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 8
-    cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 100
-    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 20
-    cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST = 100
-    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.0  # random weights score about the prior, 0.01
-    cfg.TEST.DETECTIONS_PER_IMAGE = 10
+    cfg.merge_from_list(overrides + TINY_OPTS)
     return cfg
 
 
@@ -246,3 +253,72 @@ def test_export_onnxruntime(name, tmp_path):
     diff = max_abs_diff(expected, adapter.outputs_schema(outputs))
     print(f"onnxruntime {name}: max abs diff {diff:.3g}")
     assert diff < ATOL
+
+
+def run_export_script(argv):
+    """scripts/export_model.py's main, in this process."""
+    spec = importlib.util.spec_from_file_location(
+        "export_model", os.path.join(ROOT, "scripts", "export_model.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script.main(argv)
+
+
+def write_images(folder, sizes):
+    paths = []
+    for k, image in enumerate(images(sizes, 4)):
+        path = str(folder / f"image{k}.png")
+        Image.fromarray(image.permute(1, 2, 0).byte().numpy()).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("name, method, fmt", [
+    ("rs_mask", "tracing", "torchscript"),
+    ("rs_mask", "scripting", "torchscript"),
+    ("rs_atss", "scripting", "torchscript"),
+    ("rs_mask", "tracing", "onnx"),
+])
+def test_export_model_script(name, method, fmt, tmp_path):
+    """scripts/export_model.py on a tiny random-weight model: writes the file and checks it
+    against the eager model on the given images (a mismatch exits with status 1)."""
+    config_file, overrides = MODELS[name]
+    # One image at a time: P7 must be larger than 1 x 1 for RS-ATSS's GroupNorm.
+    paths = write_images(tmp_path, ((136, 160), (160, 140)))
+    argv = [
+        "--config-file", os.path.join(SYNTHETIC, config_file), "--export-method", method,
+        "--format", fmt, "--output", str(tmp_path / "out"),
+        *[arg for path in paths for arg in ("--sample-image", path)],
+        *[str(x) for x in overrides + TINY_OPTS],
+        # the images as they are (the test resolution of the config is 192)
+        "INPUT.MIN_SIZE_TEST", "0",
+    ]
+    if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
+        with pytest.raises(SystemExit, match="onnx is not installed"):
+            run_export_script(argv)  # says what is missing
+        return
+    diffs = run_export_script(argv)
+    exported = tmp_path / "out" / ("model.ts" if fmt == "torchscript" else "model.onnx")
+    assert exported.stat().st_size > 0
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        if fmt == "onnx":
+            assert diffs == {}  # exported, not run
+            return
+    # ONNX has no dynamic axes: only the image of the traced size is checked.
+    assert len(diffs) == (1 if fmt == "onnx" else 2)
+    assert max(diffs.values()) < ATOL
+
+
+def test_export_model_script_on_the_test_set(tmp_path):
+    """Without --sample-image the script checks on images of DATASETS.TEST[0]."""
+    config_file, overrides = MODELS["rs_faster"]
+    diffs = run_export_script([
+        "--config-file", os.path.join(SYNTHETIC, config_file), "--output",
+        str(tmp_path / "out"), "--num-images", "2", *[str(x) for x in overrides + TINY_OPTS],
+        "DATASETS.RS_SYNTHETIC.ROOT", str(tmp_path / "data"),
+        "DATASETS.RS_SYNTHETIC.NUM_VAL", "2", "DATASETS.RS_SYNTHETIC.IMAGE_SIZE", "96",
+        "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96",
+    ])
+    assert len(diffs) == 2 and max(diffs.values()) < ATOL
