@@ -210,6 +210,35 @@ def test_export_scripting(name, tmp_path):
         assert uses_sparse_pooling(model)
 
 
+@pytest.mark.parametrize("roi_heads", ["RSStandardROIHeads", "RSCascadeROIHeads"])
+def test_export_coco_base_config_with_masks(roi_heads, tmp_path):
+    """The RS heads on configs/Base-RS-RCNN-FPN.yaml (detectron2's ResNet, FC box head,
+    adaptive ROIAlign sampling), masks on, shrunk as in test_rs_heads: traced and scripted,
+    saved, loaded, equal to eager."""
+    from .test_rs_heads import tiny_cfg as heads_tiny_cfg
+
+    torch.manual_seed(0)
+    model = RSTrainer.build_model(heads_tiny_cfg(roi_heads, mask_on=True)).eval()
+    assert uses_sparse_pooling(model)
+    adapter = TracingAdapter(model, images(TRACE_IMAGES, 1), inference).eval()
+    with torch.no_grad():
+        torch.jit.trace(adapter, images(TRACE_IMAGES, 1)).save(str(tmp_path / "traced.ts"))
+    scripting_with_instances(model, FIELDS).save(str(tmp_path / "scripted.ts"))
+    traced = torch.jit.load(str(tmp_path / "traced.ts"))
+    scripted = torch.jit.load(str(tmp_path / "scripted.ts"))
+    test_images = images(TEST_IMAGES, 2)
+    with torch.no_grad():
+        expected = inference(model, *test_images)
+        assert all(x.has("pred_masks") for x in expected)
+        from_trace = adapter.outputs_schema(traced(*test_images))
+        from_script = scripted.inference([{"image": x} for x in test_images],
+                                         do_postprocess=False)
+    for method, actual in (("tracing", from_trace), ("scripting", from_script)):
+        diff = max_abs_diff(expected, actual)
+        print(f"{method} {roi_heads} (COCO base, masks): max abs diff {diff:.3g}")
+        assert diff < ATOL
+
+
 def export_onnx(name, path):
     """The tiny model's TracingAdapter exported to ONNX at ``path`` (sizes of TRACE_IMAGES);
     returns (eager model, adapter). With the 10 best detections: onnxruntime's float
