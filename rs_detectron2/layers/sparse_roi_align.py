@@ -19,6 +19,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from torchvision.ops import roi_align
 
 from detectron2.layers import ROIAlign
 from detectron2.modeling.poolers import ROIPooler
@@ -201,12 +202,35 @@ class SparseROIAlign(ROIAlign):
     """detectron2's :class:`ROIAlign` computed by :func:`sparse_roi_align` on the CPU.
 
     Same arguments and results (up to float summation order); on any other device it is
-    detectron2's ROIAlign (torchvision's kernels).
+    detectron2's ROIAlign (torchvision's kernels). It also steps aside for torchvision's
+    kernel while the model is traced (``torch.jit.trace``, ``TracingAdapter``), scripted
+    (``torch.jit.script``, ``scripting_with_instances``) or exported to ONNX: the sparse
+    product is a Python autograd Function, which TorchScript cannot save and ONNX cannot
+    express, and the exported graph then holds the standard ``torchvision::roi_align`` op
+    (docs/deployment.md).
     """
 
     def forward(self, input: Tensor, rois: Tensor) -> Tensor:
-        if input.device.type != "cpu" or input.is_quantized:
+        if torch.jit.is_scripting():
+            # detectron2's ROIAlign.forward, written out: TorchScript compiles no super().
+            if input.is_quantized:
+                input = input.dequantize()
+            return roi_align(input, rois.to(dtype=input.dtype), self.output_size,
+                             self.spatial_scale, self.sampling_ratio, self.aligned)
+        if not self.uses_sparse(input):
             return super().forward(input, rois)
+        return self._sparse_forward(input, rois)
+
+    @staticmethod
+    def uses_sparse(input: Tensor) -> bool:
+        """Whether :meth:`forward` takes the sparse product for ``input``: eager mode (not
+        tracing, scripting or ONNX export) with non-quantized CPU features."""
+        exporting = (torch.jit.is_scripting() or torch.jit.is_tracing()
+                     or torch.onnx.is_in_onnx_export())
+        return not exporting and input.device.type == "cpu" and not input.is_quantized
+
+    @torch.jit.unused
+    def _sparse_forward(self, input: Tensor, rois: Tensor) -> Tensor:
         assert rois.dim() == 2 and rois.size(1) == 5
         return sparse_roi_align(input, rois, self.output_size, self.spatial_scale,
                                 self.sampling_ratio, self.aligned)

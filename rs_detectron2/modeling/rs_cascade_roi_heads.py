@@ -19,7 +19,7 @@ The other published differences are config values (box coder weights (10, 10, 5,
 stages, 1000 training proposals, border-crossing anchors ignored by the RPN): see
 ``configs/COCO-Detection/rs_cascade_rcnn_R_50_FPN_1x.yaml``.
 """
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -58,6 +58,28 @@ def _num_trailing_gt(proposals: Instances, targets: Instances) -> int:
     return num_gt if torch.equal(tail, targets.gt_boxes.tensor.to(tail)) else 0
 
 
+def _mean(tensors: List[Tensor]) -> Tensor:
+    """(t0 + t1 + ...) * (1 / n), summed left to right."""
+    total = tensors[0]
+    for t in tensors[1:]:
+        total = total + t
+    return total * (1.0 / len(tensors))
+
+
+def _clipped_proposals(boxes: List[Tensor], image_sizes: List[Tuple[int, int]]) -> List[Instances]:
+    """The next stage's proposals at test time: each image's boxes, detached and clipped
+    to the image (detectron2's ``_create_proposals_from_boxes`` outside training, typed
+    for TorchScript)."""
+    out: List[Instances] = []
+    for boxes_i, image_size in zip(boxes, image_sizes):
+        clipped = Boxes(boxes_i.detach())
+        clipped.clip(image_size)
+        proposals = Instances(image_size)
+        proposals.proposal_boxes = clipped
+        out.append(proposals)
+    return out
+
+
 @ROI_HEADS_REGISTRY.register()
 class RSCascadeROIHeads(CascadeROIHeads, RSStandardROIHeads):
     """CascadeROIHeads (3 stages, IoU 0.5 / 0.6 / 0.7) whose stages use the RS box predictor,
@@ -69,6 +91,10 @@ class RSCascadeROIHeads(CascadeROIHeads, RSStandardROIHeads):
     losses are named ``loss_roi_rank_stage0`` and so on. Each stage's predictor uses its
     stage's box coder (``MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS``).
     """
+
+    # TorchScript constants (see RSStandardROIHeads; class annotations are not inherited).
+    mask_on: torch.jit.Final[bool]
+    keypoint_on: torch.jit.Final[bool]
 
     @configurable
     def __init__(
@@ -136,14 +162,14 @@ class RSCascadeROIHeads(CascadeROIHeads, RSStandardROIHeads):
         features: Dict[str, Tensor],
         proposals: List[Instances],
         targets: Optional[List[Instances]] = None,
-    ) -> Union[Dict[str, Tensor], List[Instances]]:
+    ):
         """detectron2's cascade (:meth:`CascadeROIHeads._forward_box`) with the two published
-        changes (:meth:`_run_cascade`). Returns the stage losses in training, the detections
-        at test time."""
-        head_outputs = self._run_cascade(features, proposals, targets)
+        changes: the stage losses of :meth:`_run_cascade` in training, the detections of
+        :meth:`_cascade_inference` at test time. (No return annotation: TorchScript infers
+        the test-time one, ``List[Instances]``, as for detectron2's ``_forward_box``.)"""
         if self.training:
-            return self._stage_losses(head_outputs)
-        return self._cascade_inference(head_outputs, [x.image_size for x in proposals])
+            return self._stage_losses(self._run_cascade(features, proposals, targets))
+        return self._cascade_inference(features, proposals)
 
     def _box_losses_and_weights(
         self, features: Dict[str, Tensor], proposals: List[Instances], targets: List[Instances]
@@ -200,34 +226,51 @@ class RSCascadeROIHeads(CascadeROIHeads, RSStandardROIHeads):
             losses.update({k + "_stage{}".format(stage): v for k, v in stage_losses.items()})
         return losses
 
-    def _cascade_inference(self, head_outputs, image_sizes) -> List[Instances]:
-        """The last stage's boxes with the cascade's scores (:meth:`_average_scores`)."""
-        predictor, predictions, proposals = head_outputs[-1]
-        scores = self._average_scores(head_outputs)
-        boxes = predictor.predict_boxes(predictions, proposals)
+    def _cascade_inference(
+        self, features: Dict[str, Tensor], proposals: List[Instances]
+    ) -> List[Instances]:
+        """The cascade at test time: each later stage pools the previous stage's boxes
+        (clipped), as in detectron2's loop; the detections are the last stage's boxes with
+        the cascade's scores (:meth:`_average_scores`) and the last predictor's thresholds.
+        Written for TorchScript (typed, the stages' ModuleLists iterated, no tuples of
+        modules); at test time ``_run_stage`` is pooler, head, predictor whatever
+        ``scale_gradient`` says."""
+        stage_features = [features[f] for f in self.box_in_features]
+        image_sizes = [x.image_size for x in proposals]
+        stage_predictions: List[Tuple[Tensor, Tensor]] = []
+        boxes: List[Tensor] = []
+        for k, (head, predictor) in enumerate(zip(self.box_head, self.box_predictor)):
+            if k > 0:
+                proposals = _clipped_proposals(boxes, image_sizes)
+            pooled = self.box_pooler(stage_features, [x.proposal_boxes for x in proposals])
+            predictions = predictor(head(pooled))
+            boxes = predictor.predict_boxes(predictions, proposals)
+            stage_predictions.append(predictions)
+        last = self.box_predictor[-1]
         pred_instances, _ = fast_rcnn_inference(
             boxes,
-            scores,
+            self._average_scores(stage_predictions, proposals),
             image_sizes,
-            predictor.test_score_thresh,
-            predictor.test_nms_thresh,
-            predictor.test_topk_per_image,
+            last.test_score_thresh,
+            last.test_nms_thresh,
+            last.test_topk_per_image,
         )
         return pred_instances
 
     def _average_scores(
-        self, head_outputs: List[Tuple[torch.nn.Module, Tuple[Tensor, Tensor], List[Instances]]]
+        self, stage_predictions: List[Tuple[Tensor, Tensor]], proposals: List[Instances]
     ) -> List[Tensor]:
         """Per-image class scores of the cascade at test time: the last predictor's
         ``predict_probs`` of the stages' mean logits (``average_logits``, published), or
         the mean of the stages' ``predict_probs`` (detectron2)."""
-        n = self.num_cascade_stages
-        if not self.average_logits:
-            scores_per_stage = [h[0].predict_probs(h[1], h[2]) for h in head_outputs]
-            return [sum(list(s)) * (1.0 / n) for s in zip(*scores_per_stage)]
-        predictor, predictions, proposals = head_outputs[-1]
-        mean_logits = sum(h[1][0] for h in head_outputs) * (1.0 / n)
-        return list(predictor.predict_probs((mean_logits, predictions[1]), proposals))
+        if self.average_logits:
+            mean_logits = _mean([logits for logits, _ in stage_predictions])
+            return self.box_predictor[-1].predict_probs(
+                (mean_logits, stage_predictions[-1][1]), proposals)
+        stage_scores: List[List[Tensor]] = []
+        for k, predictor in enumerate(self.box_predictor):
+            stage_scores.append(predictor.predict_probs(stage_predictions[k], proposals))
+        return [_mean([scores[i] for scores in stage_scores]) for i in range(len(proposals))]
 
     @staticmethod
     def _drop_gt_rows(

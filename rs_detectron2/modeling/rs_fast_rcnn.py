@@ -80,9 +80,13 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
         return {"loss_roi_rank": out.rank * w_cls, "loss_roi_sort": out.sort * w_cls,
                 "loss_roi_box": out.box * w_box}
 
-    def predict_probs(self, predictions: Tuple[Tensor, Tensor], proposals: List[Instances]) -> Tuple[Tensor, ...]:
-        """Sigmoid class scores, with a zero background column (which inference drops)."""
+    def predict_probs(
+        self, predictions: Tuple[Tensor, Tensor], proposals: List[Instances]
+    ) -> List[Tensor]:
+        """Sigmoid class scores, with a zero background column (which inference drops);
+        one tensor per image. Written for export: the zero column's length follows the
+        traced tensor (``zeros_like``, not ``len``), and TorchScript's ``split`` is a list."""
         scores, _ = predictions
         probs = scores.sigmoid()
-        probs = torch.cat([probs, probs.new_zeros(len(probs), 1)], dim=1)
-        return probs.split([len(p) for p in proposals], dim=0)
+        probs = torch.cat([probs, torch.zeros_like(probs[:, :1])], dim=1)
+        return list(probs.split([len(p) for p in proposals], dim=0))

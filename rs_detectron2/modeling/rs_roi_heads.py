@@ -67,6 +67,11 @@ class RSStandardROIHeads(StandardROIHeads):
     is False).
     """
 
+    # Constants for TorchScript, as detectron2's export patch makes them for StandardROIHeads
+    # (class annotations are not inherited): the heads that are off are compiled away.
+    mask_on: torch.jit.Final[bool]
+    keypoint_on: torch.jit.Final[bool]
+
     @configurable
     def __init__(self, *, max_mask_rois: int = 200, balance_mask_loss: bool = True, **kwargs):
         """
@@ -106,17 +111,35 @@ class RSStandardROIHeads(StandardROIHeads):
         features: Dict[str, Tensor],
         proposals: List[Instances],
         targets: Optional[List[Instances]] = None,
-    ):
-        """detectron2's forward; in training the box branch also returns each proposal's
-        score weight, which the mask branch gets as a field of its RoIs, and the mask loss
-        is balanced to the returned box losses (:meth:`_balance_mask_losses`)."""
-        if not self.training:
-            return super().forward(images, features, proposals, targets)
+    ) -> Tuple[List[Instances], Dict[str, Tensor]]:
+        """detectron2's forward; in training (:meth:`_forward_training`) the box branch
+        also returns each proposal's score weight, which the mask branch gets as a field of
+        its RoIs, and the mask loss is balanced to the returned box losses."""
+        if self.training:
+            return self._forward_training(features, proposals, targets)
+        # detectron2's inference (StandardROIHeads.forward) written out, without super():
+        # TorchScript compiles no super() call (docs/deployment.md).
+        pred_instances = self._forward_box(features, proposals)
+        pred_instances = self.forward_with_given_boxes(features, pred_instances)
+        return pred_instances, {}
+
+    @torch.jit.unused
+    def _forward_training(
+        self,
+        features: Dict[str, Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]],
+    ) -> Tuple[List[Instances], Dict[str, Tensor]]:
+        """The training forward: all proposals labelled, the box losses and score weights,
+        then at most ``max_mask_rois`` random foreground RoIs of the batch (with their
+        ``score_weights``) to the mask head, whose loss is balanced to the box losses
+        (:meth:`_balance_mask_losses`). Unused by TorchScript (training only)."""
         assert targets, "'targets' argument is required during training"
         proposals = self.label_and_sample_proposals(proposals, targets)
         losses, weights = self._box_losses_and_weights(features, proposals, targets)
         if self.mask_on:
-            mask_losses = self._forward_mask(features, with_field(proposals, "score_weights", weights))
+            mask_rois = self._mask_training_rois(with_field(proposals, "score_weights", weights))
+            mask_losses = self._forward_mask(features, mask_rois)
             losses.update(self._balance_mask_losses(mask_losses, losses))
         losses.update(self._forward_keypoint(features, proposals))
         return proposals, losses
@@ -154,11 +177,9 @@ class RSStandardROIHeads(StandardROIHeads):
         get_event_storage().put_scalar("roi_head/mask_balance", coefficient)
         return {**mask_losses, "loss_mask": loss}
 
-    def _forward_mask(self, features: Dict[str, Tensor], instances: List[Instances]):
-        """In training, at most ``max_mask_rois`` random foreground RoIs of the batch (with
-        their ``score_weights``) go to the mask head."""
-        if not (self.training and self.mask_on):
-            return super()._forward_mask(features, instances)
+    def _mask_training_rois(self, instances: List[Instances]) -> List[Instances]:
+        """The RoIs of the mask head in training: at most ``max_mask_rois`` random
+        foreground proposals of the batch (detectron2's ``_forward_mask`` then keeps the
+        foreground of those, i.e. all of them)."""
         instances, _ = select_foreground_proposals(instances, self.num_classes)
-        instances = keep_random_subset(instances, self.max_mask_rois)
-        return super()._forward_mask(features, instances)
+        return keep_random_subset(instances, self.max_mask_rois)

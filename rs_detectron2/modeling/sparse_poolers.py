@@ -3,7 +3,8 @@
 ``MODEL.ROI_BOX_HEAD.POOLER_SPARSE_CPU`` (and the same key of ``ROI_MASK_HEAD`` and
 ``ROI_KEYPOINT_HEAD``) makes that head's ROIPooler compute ROIAlign on the CPU as one
 multi-threaded sparse matrix product (:class:`~rs_detectron2.layers.SparseROIAlign`: the
-same results up to float summation order, torchvision's kernels on other devices). It works
+same results up to float summation order, torchvision's kernels on other devices and while
+the model is traced, scripted or exported to ONNX: docs/deployment.md). It works
 for detectron2's own RoI heads as well as the RS ones: :class:`~rs_detectron2.engine.RSTrainer`
 applies it when it builds the model (``train_net.py``, training and ``--eval-only``); a model
 built another way gets it from :func:`use_sparse_cpu_poolers`.

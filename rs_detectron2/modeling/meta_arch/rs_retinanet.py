@@ -57,8 +57,15 @@ class RSATSSHead(RetinaNetHead):
         self.scales = nn.Parameter(torch.ones(len(input_shape)))
 
     def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
-        logits, bbox_reg = super().forward(features)
-        return logits, [reg * scale for reg, scale in zip(bbox_reg, self.scales)]
+        """RetinaNetHead's forward with each level's box deltas times its scale (written
+        out, without super(): TorchScript compiles no super() call)."""
+        assert len(features) == self._num_features
+        logits: List[Tensor] = []
+        bbox_reg: List[Tensor] = []
+        for level, feature in enumerate(features):
+            logits.append(self.cls_score(self.cls_subnet(feature)))
+            bbox_reg.append(self.bbox_pred(self.bbox_subnet(feature)) * self.scales[level])
+        return logits, bbox_reg
 
 
 @META_ARCH_REGISTRY.register()
@@ -152,9 +159,16 @@ class RSRetinaNet(RetinaNet):
         """The published selection: keep the ``topk_candidates`` anchors of the level with
         the highest class score, then every (anchor, class) of those above
         ``score_thresh``. (detectron2's RetinaNet keeps the top-k (anchor, class) pairs.)"""
-        max_scores = pred_scores.max(dim=1).values
-        top = max_scores.topk(min(topk_candidates, len(max_scores))).indices
-        anchor_idx, class_idx = (pred_scores[top] > score_thresh).nonzero(as_tuple=True)
+        max_scores = pred_scores.max(dim=1)[0]
+        # Written for export: a traced size stays a tensor (the top-k follows the image
+        # size of the traced model's input), and TorchScript has no nonzero(as_tuple=True).
+        num_anchors = max_scores.shape[0]
+        if isinstance(num_anchors, Tensor):  # tracing
+            num_top = torch.clamp(num_anchors, max=topk_candidates)
+        else:
+            num_top = min(num_anchors, topk_candidates)
+        top = max_scores.topk(num_top)[1]
+        anchor_idx, class_idx = torch.nonzero(pred_scores[top] > score_thresh).unbind(1)
         anchor_idx = top[anchor_idx]
         boxes = self.box2box_transform.apply_deltas(pred_deltas[anchor_idx],
                                                     anchors.tensor[anchor_idx])
