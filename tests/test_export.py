@@ -27,7 +27,6 @@ from rs_detectron2.layers import SparseROIAlign
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = os.path.join(ROOT, "configs", "Synthetic")
 ATOL = 1e-4
-ONNX_OPSET = 17
 
 # name -> (shipped synthetic config, overrides). No synthetic RS-Cascade config ships: it is
 # RS-Faster R-CNN with the cascade heads of COCO-Detection/rs_cascade_rcnn_R_50_FPN_1x.yaml.
@@ -41,15 +40,21 @@ MODELS = {
     "rs_retinanet": ("Base-RS-Synthetic-R18-RetinaNet.yaml", []),
 }
 TWO_STAGE = ("rs_faster", "rs_mask", "rs_cascade")
-# The fields of Instances that scripting needs to know (as in detectron2's own tests).
-FIELDS = {
-    "proposal_boxes": Boxes,
-    "objectness_logits": torch.Tensor,
-    "pred_boxes": Boxes,
-    "scores": torch.Tensor,
-    "pred_classes": torch.Tensor,
-    "pred_masks": torch.Tensor,
-}
+
+
+def _load_export_script():
+    """scripts/export_model.py as a module (the scripts folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "export_model", os.path.join(ROOT, "scripts", "export_model.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+EXPORT_SCRIPT = _load_export_script()
+# The Instances fields scripting declares and the ONNX opset: the script's own.
+FIELDS = EXPORT_SCRIPT.SCRIPTING_FIELDS
+ONNX_OPSET = EXPORT_SCRIPT.ONNX_OPSET
 
 
 # The shipped synthetic configs, shrunk to run in seconds on a CPU.
@@ -101,17 +106,11 @@ def inference(model, *images):
     return [out["instances"] for out in model(inputs)]
 
 
-def canonical_order(instances):
-    """The detections sorted by score (descending), then class, then box. Exactly tied
-    scores are common in random-weight models (e.g. a 1 x 1 P7 under GroupNorm gives
-    bias-only logits), and detectron2's batched NMS breaks ties differently in eager mode
-    (a loop over classes for many boxes) and in a trace (one NMS over offset boxes)."""
-    order = torch.arange(len(instances))
-    boxes = instances.pred_boxes.tensor
-    for key in (boxes[:, 3], boxes[:, 2], boxes[:, 1], boxes[:, 0],
-                instances.pred_classes.float(), -instances.scores):
-        order = order[torch.sort(key[order], stable=True)[1]]
-    return instances[order]
+# The script's canonical order: by score, class, box. Exactly tied scores are common in
+# random-weight models (e.g. a 1 x 1 P7 under GroupNorm gives bias-only logits), and
+# detectron2's batched NMS breaks ties differently in eager mode (a loop over classes for
+# many boxes) and in a trace (one NMS over offset boxes).
+canonical_order = EXPORT_SCRIPT.canonical_order
 
 
 def max_abs_diff(expected, actual):
@@ -302,12 +301,8 @@ def test_export_onnxruntime(name, tmp_path):
 
 def run_export_script(argv):
     """scripts/export_model.py's main, in this process."""
-    spec = importlib.util.spec_from_file_location(
-        "export_model", os.path.join(ROOT, "scripts", "export_model.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     torch.manual_seed(0)  # the random weights of the model it builds
-    return script.main(argv)
+    return EXPORT_SCRIPT.main(argv)
 
 
 def write_images(folder, sizes):
