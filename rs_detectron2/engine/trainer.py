@@ -17,15 +17,14 @@ from torch import nn
 
 import detectron2.engine.defaults as _d2_defaults
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_setup
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
+from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_rs_config
 from ..data import register_rs_synthetic_datasets
-from ..evaluation import OLRPEvaluator, RSLVISEvaluator
+from ..evaluation import build_rs_evaluator
 from ..modeling.backbone import check_deformable_backbone
 from ..modeling.sparse_poolers import use_sparse_cpu_poolers
 from .dataset_check import check_dataset_classes
@@ -129,39 +128,18 @@ class RSTrainer(DefaultTrainer):
     def build_evaluator(
         cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None
     ) -> DatasetEvaluator:
-        """The evaluators of ``dataset_name`` for its metadata's ``evaluator_type``.
-
-        "coco": :class:`COCOEvaluator`; "lvis": detectron2's LVIS evaluator (AP with APr /
-        APc / APf) made to run on numpy 2 (:class:`RSLVISEvaluator`), at most
-        ``cfg.TEST.DETECTIONS_PER_IMAGE`` detections per image. Both on "bbox" (and "segm"
-        when ``cfg.MODEL.MASK_ON``), writing to ``output_folder`` (default
-        ``cfg.OUTPUT_DIR/inference``), and, when ``cfg.TEST.OLRP.ENABLED``, beside an
-        :class:`OLRPEvaluator` on the same tasks (oLRP tables and per-class optimal score
-        thresholds in ``olrp_thresholds_<task>.json``).
-        Any other type raises ``NotImplementedError`` (which ``DefaultTrainer.test`` reports
-        as "no evaluator" and skips the dataset).
-        """
+        """:func:`~rs_detectron2.evaluation.build_rs_evaluator` of ``dataset_name``: COCO or
+        LVIS AP by its ``evaluator_type``, on "bbox" (and "segm" when ``cfg.MODEL.MASK_ON``),
+        at most ``cfg.TEST.DETECTIONS_PER_IMAGE`` detections per image (LVIS), with oLRP
+        beside it when ``cfg.TEST.OLRP.ENABLED``, writing to ``output_folder`` (default
+        ``cfg.OUTPUT_DIR/inference``). Any other type raises ``NotImplementedError`` (which
+        ``DefaultTrainer.test`` reports as "no evaluator" and skips the dataset)."""
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
-        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
-        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-        if evaluator_type == "coco":
-            ap = COCOEvaluator(dataset_name, tasks=tasks, distributed=True,
-                               output_dir=output_folder)
-        elif evaluator_type == "lvis":
-            ap = RSLVISEvaluator(dataset_name, tasks=tasks, distributed=True,
-                                 output_dir=output_folder,
-                                 max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
-        else:
-            raise NotImplementedError(
-                f"RSTrainer has no evaluator for dataset '{dataset_name}' with evaluator_type "
-                f"'{evaluator_type}': only 'coco' and 'lvis' are supported."
-            )
-        if not cfg.TEST.OLRP.ENABLED:
-            return ap
-        olrp = OLRPEvaluator(dataset_name, tasks=tasks, distributed=True,
-                             output_dir=output_folder)
-        return DatasetEvaluators([ap, olrp])
+        return build_rs_evaluator(
+            dataset_name, tasks=("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",),
+            output_dir=output_folder, olrp=cfg.TEST.OLRP.ENABLED,
+            max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)
 
 
 def fall_back_to_cpu(cfg: CfgNode) -> Optional[str]:

@@ -13,8 +13,8 @@ from .rs_head_recipe import (
 from .rs_mask_head import RSMaskRCNNConvUpsampleHead, weighted_dice_loss
 from .rs_roi_heads import RSStandardROIHeads
 from .rs_rpn import RSRPN
-from .sparse_poolers import use_sparse_cpu_poolers
-from .backbone import build_small_resnet, build_small_resnet_fpn_backbone
+from .sparse_poolers import sparse_cpu_roi_pooler, use_sparse_cpu_poolers
+from .backbone import build_small_resnet, build_small_resnet_fpn_backbone, small_resnet
 from .meta_arch import RSATSSHead, RSRetinaNet, atss_match
 
 __all__ = [
@@ -35,6 +35,8 @@ __all__ = [
     "score_weights",
     "weighted_dice_loss",
     "use_sparse_cpu_poolers",
+    "sparse_cpu_roi_pooler",
     "build_small_resnet",
     "build_small_resnet_fpn_backbone",
+    "small_resnet",
 ]

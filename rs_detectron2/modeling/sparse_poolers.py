@@ -7,16 +7,18 @@ same results up to float summation order, torchvision's kernels on other devices
 the model is traced, scripted or exported to ONNX: docs/deployment.md). It works
 for detectron2's own RoI heads as well as the RS ones: :class:`~rs_detectron2.engine.RSTrainer`
 applies it when it builds the model (``train_net.py``, training and ``--eval-only``); a model
-built another way gets it from :func:`use_sparse_cpu_poolers`.
+built another way gets it from :func:`use_sparse_cpu_poolers`, and a LazyConfig names
+:func:`sparse_cpu_roi_pooler` as the pooler's ``_target_``.
 """
-from typing import Dict
+from typing import Any, Dict
 
 from detectron2.config import CfgNode
+from detectron2.modeling.poolers import ROIPooler
 from torch import nn
 
 from ..layers import use_sparse_roi_align
 
-__all__ = ["POOLER_NODES", "use_sparse_cpu_poolers"]
+__all__ = ["POOLER_NODES", "use_sparse_cpu_poolers", "sparse_cpu_roi_pooler"]
 
 # RoI heads attribute of the pooler -> the config node whose POOLER_SPARSE_CPU turns it on.
 POOLER_NODES: Dict[str, str] = {
@@ -39,3 +41,11 @@ def use_sparse_cpu_poolers(model: nn.Module, cfg: CfgNode) -> nn.Module:
         if pooler is not None and cfg.MODEL[node].POOLER_SPARSE_CPU:
             use_sparse_roi_align(pooler, key=f"MODEL.{node}.POOLER_SPARSE_CPU")
     return model
+
+
+def sparse_cpu_roi_pooler(**kwargs: Any) -> ROIPooler:
+    """detectron2's ``ROIPooler(**kwargs)`` with the sparse CPU ROIAlign: the LazyConfig
+    counterpart of ``POOLER_SPARSE_CPU True`` (``model.roi_heads.box_pooler._target_ =
+    sparse_cpu_roi_pooler``). Raises ValueError for a ``pooler_type`` other than ROIAlign /
+    ROIAlignV2."""
+    return use_sparse_roi_align(ROIPooler(**kwargs), key="sparse_cpu_roi_pooler")

@@ -17,7 +17,7 @@ from .carafe_fpn import (
     build_resnet_carafe_fpn_backbone,
     carafe,
 )
-from .small_resnet import build_small_resnet, build_small_resnet_fpn_backbone
+from .small_resnet import build_small_resnet, build_small_resnet_fpn_backbone, small_resnet
 from .retinanet_fpn import (
     LastLevelP6P7FromP5,
     build_retinanet_resnet_p3p7_fpn_backbone,
@@ -27,6 +27,7 @@ from .retinanet_fpn import (
 __all__ = [
     "build_small_resnet",
     "build_small_resnet_fpn_backbone",
+    "small_resnet",
     "LastLevelP6P7FromP5",
     "build_retinanet_resnet_p3p7_fpn_backbone",
     "build_retinanet_small_resnet_fpn_backbone",

@@ -6,6 +6,8 @@ CPU, where a narrower R-18 is the difference between minutes and hours, so this 
 takes ``MODEL.RESNETS.RES2_OUT_CHANNELS`` as given (doubling per stage, as usual) and
 otherwise reads the same keys as detectron2's ``build_resnet_fpn_backbone``.
 """
+from typing import Sequence
+
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN, ResNet
@@ -15,16 +17,23 @@ from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem
 _BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
 
 
-def build_small_resnet(cfg, input_shape: ShapeSpec) -> ResNet:
-    """A basic-block ResNet (depth 18 or 34) whose widths start at RES2_OUT_CHANNELS."""
-    depth = cfg.MODEL.RESNETS.DEPTH
+def small_resnet(
+    *,
+    depth: int = 18,
+    stem_out_channels: int = 16,
+    res2_out_channels: int = 32,
+    norm: str = "BN",
+    out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
+    freeze_at: int = 0,
+    in_channels: int = 3,
+) -> ResNet:
+    """A basic-block ResNet (depth 18 or 34) whose widths start at ``res2_out_channels``
+    (doubling per stage), with its first ``freeze_at`` stages frozen (as detectron2's
+    ``ResNet.freeze``). The constructor that LazyConfigs call (``L(small_resnet)(...)``)."""
     if depth not in _BLOCKS_PER_STAGE:
-        raise ValueError(f"build_small_resnet: MODEL.RESNETS.DEPTH must be 18 or 34, got {depth}")
-    norm = cfg.MODEL.RESNETS.NORM
-    stem = BasicStem(
-        in_channels=input_shape.channels, out_channels=cfg.MODEL.RESNETS.STEM_OUT_CHANNELS, norm=norm
-    )
-    in_channels, out_channels = stem.out_channels, cfg.MODEL.RESNETS.RES2_OUT_CHANNELS
+        raise ValueError(f"small_resnet: depth (MODEL.RESNETS.DEPTH) must be 18 or 34, got {depth}")
+    stem = BasicStem(in_channels=in_channels, out_channels=stem_out_channels, norm=norm)
+    in_channels, out_channels = stem.out_channels, res2_out_channels
     stages = []
     for index, num_blocks in enumerate(_BLOCKS_PER_STAGE[depth]):
         first_stride = 1 if index == 0 else 2
@@ -39,8 +48,19 @@ def build_small_resnet(cfg, input_shape: ShapeSpec) -> ResNet:
             )
         )
         in_channels, out_channels = out_channels, out_channels * 2
-    resnet = ResNet(stem, stages, out_features=cfg.MODEL.RESNETS.OUT_FEATURES)
-    return resnet.freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
+    resnet = ResNet(stem, stages, out_features=list(out_features))
+    return resnet.freeze(freeze_at)
+
+
+def build_small_resnet(cfg, input_shape: ShapeSpec) -> ResNet:
+    """:func:`small_resnet` from ``MODEL.RESNETS.{DEPTH, STEM_OUT_CHANNELS,
+    RES2_OUT_CHANNELS, NORM, OUT_FEATURES}`` and ``MODEL.BACKBONE.FREEZE_AT``."""
+    r = cfg.MODEL.RESNETS
+    return small_resnet(
+        depth=r.DEPTH, stem_out_channels=r.STEM_OUT_CHANNELS,
+        res2_out_channels=r.RES2_OUT_CHANNELS, norm=r.NORM, out_features=r.OUT_FEATURES,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT, in_channels=input_shape.channels,
+    )
 
 
 @BACKBONE_REGISTRY.register()
