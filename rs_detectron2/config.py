@@ -15,6 +15,11 @@ def add_rs_config(cfg: CN) -> None:
     cfg.MODEL.RS = CN()
     # Smoothing δ of the step function in RS Loss (0 = hard step).
     cfg.MODEL.RS.DELTA = 0.5
+    # The candidates each RS Loss ranks together: "process" (published: the images of this
+    # process's batch, so the loss changes with --num-gpus) or "global" (the images of all
+    # processes; the box and mask losses' score-weighted means too). The same on one process.
+    # Read by every RS head (RPN, RoI box predictor and mask head, one-stage).
+    cfg.MODEL.RS.RANKING_POOL = "process"
     # At most this many positive RoIs (a random subset, with their weights) feed the mask head.
     cfg.MODEL.RS.MAX_MASK_ROIS = 200
     # Rescale the mask loss so that its value equals the RoI head's RS loss (the published

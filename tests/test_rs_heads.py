@@ -194,13 +194,13 @@ def test_rs_predictor_toy_case_by_hand(monkeypatch):
 
     predictor = RSFastRCNNOutputLayers(cfg, ShapeSpec(channels=8))
     seen = {}
-    real_loss = rs_head_recipe.rank_sort_loss
+    real_loss = rs_head_recipe.pooled_rank_sort_loss
 
-    def spy(logits, targets, delta):
+    def spy(logits, targets, delta, pool):
         seen["targets"] = targets.clone()
-        return real_loss(logits, targets, delta)
+        return real_loss(logits, targets, delta, pool)
 
-    monkeypatch.setattr(rs_head_recipe, "rank_sort_loss", spy)
+    monkeypatch.setattr(rs_head_recipe, "pooled_rank_sort_loss", spy)
     props = Instances((100, 100))
     props.proposal_boxes = Boxes(torch.tensor([[0, 0, 10, 10], [20, 20, 40, 40], [60, 60, 80, 80.0]]))
     props.gt_boxes = Boxes(torch.tensor([[0, 0, 10, 10], [20, 20, 40, 40], [0, 0, 10, 10.0]]))

@@ -11,6 +11,8 @@ from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 
 from .ignored_keys import warn_ignored_keys
+from rs_detectron2.losses.ranking_pool import check_ranking_pool
+
 from .rs_head_recipe import rs_head_losses, score_weights
 
 # detectron2 keys of the box predictor that the RS predictor replaces (GIoU on decoded boxes).
@@ -31,14 +33,17 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
     """
 
     @configurable
-    def __init__(self, input_shape, *, delta: float = 0.5, **kwargs):
+    def __init__(self, input_shape, *, delta: float = 0.5, ranking_pool: str = "process",
+                 **kwargs):
         """
         Args:
             delta: smoothing of RS Loss.
+            ranking_pool: "process" or "global" (``MODEL.RS.RANKING_POOL``).
             input_shape, kwargs: arguments of detectron2's :class:`FastRCNNOutputLayers`.
         """
         super().__init__(input_shape, **kwargs)
         self.delta = delta
+        self.ranking_pool = check_ranking_pool(ranking_pool)
         # K outputs, no background class.
         self.cls_score = nn.Linear(self.cls_score.in_features, self.num_classes)
         nn.init.normal_(self.cls_score.weight, std=0.01)
@@ -48,6 +53,7 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         ret["delta"] = cfg.MODEL.RS.DELTA
+        ret["ranking_pool"] = cfg.MODEL.RS.RANKING_POOL
         warn_ignored_keys(cfg, IGNORED_BOX_PREDICTOR_KEYS, "RSFastRCNNOutputLayers",
                           "it regresses decoded boxes with balanced GIoU")
         return ret
@@ -73,7 +79,8 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
         pred_boxes = self.box2box_transform.apply_deltas(fg_deltas, proposal_boxes[fg])
 
         out = rs_head_losses(scores, gt_classes < 0, fg, fg_classes, pred_boxes, gt_boxes[fg],
-                             self.delta, pos_weights=self.score_weights(predictions)[fg])
+                             self.delta, pos_weights=self.score_weights(predictions)[fg],
+                             ranking_pool=self.ranking_pool)
         get_event_storage().put_scalar("roi_head/box_balance", out.box_balance)
         w_cls = self.loss_weight.get("loss_cls", 1.0)
         w_box = self.loss_weight.get("loss_box_reg", 1.0)

@@ -16,7 +16,7 @@ from torch import Tensor
 from detectron2.structures import Boxes
 from detectron2.structures.boxes import matched_pairwise_iou
 
-from rs_detectron2.losses import rank_sort_loss
+from rs_detectron2.losses import global_sum, pooled_rank_sort_loss
 
 _EPS = 1e-10
 # A positive whose predicted box misses its ground truth entirely still gets this tiny
@@ -31,24 +31,29 @@ def localisation_quality(pred_boxes: Tensor, gt_boxes: Tensor) -> Tensor:
     return iou.clamp(min=MIN_POSITIVE_IOU, max=1.0)
 
 
-def score_weighted_giou_loss(pred_boxes: Tensor, gt_boxes: Tensor, weights: Tensor) -> Tensor:
+def score_weighted_giou_loss(pred_boxes: Tensor, gt_boxes: Tensor, weights: Tensor,
+                             pool: str = "process") -> Tensor:
     """sum_i w_i GIoU(pred_i, gt_i) / sum_i w_i, with the normaliser 1 when sum_i w_i < 1e-10.
 
-    ``weights`` are the positives' (detached) classification scores. With no positive the
-    result is a zero attached to ``pred_boxes``' graph.
+    ``weights`` are the positives' (detached) classification scores; the sums run over this
+    process's positives ("process") or all processes' (``pool`` "global"). With no positive
+    the result is a zero attached to ``pred_boxes``' graph.
     """
-    if pred_boxes.numel() == 0:
+    if pred_boxes.numel() == 0 and pool == "process":
         return pred_boxes.sum() * 0.0
-    return score_weighted_mean(giou_loss(pred_boxes, gt_boxes, reduction="none"), weights)
+    return score_weighted_mean(giou_loss(pred_boxes, gt_boxes, reduction="none"), weights, pool)
 
 
-def score_weighted_mean(losses: Tensor, weights: Tensor) -> Tensor:
+def score_weighted_mean(losses: Tensor, weights: Tensor, pool: str = "process") -> Tensor:
     """sum_i w_i l_i / sum_i w_i with detached weights; the normaliser is 1 when
-    sum_i w_i < 1e-10 (the RS heads' weighting of box and mask losses)."""
+    sum_i w_i < 1e-10 (the RS heads' weighting of box and mask losses). With ``pool``
+    "global" both sums run over all processes
+    (:func:`~rs_detectron2.losses.global_sum`: every process calls it, with or without
+    positives)."""
     weights = weights.detach()
-    normaliser = weights.sum()
+    normaliser = global_sum(weights.sum(), pool)
     normaliser = torch.where(normaliser < _EPS, torch.ones_like(normaliser), normaliser)
-    return (losses * weights).sum() / normaliser
+    return global_sum((losses * weights).sum(), pool) / normaliser
 
 
 def balance_to(loss: Tensor, reference: Tensor) -> Tuple[Tensor, float]:
@@ -88,6 +93,7 @@ def rs_head_losses(
     gt_boxes: Tensor,
     delta: float,
     pos_weights: Optional[Tensor] = None,
+    ranking_pool: str = "process",
 ) -> RSHeadLosses:
     """RS Loss and the balanced, score-weighted GIoU loss of one head over a whole batch.
 
@@ -102,6 +108,9 @@ def rs_head_losses(
         pos_weights: (P,) the positives' box-loss weights if the head has them already
             (the RoI box predictor computes every proposal's, for the mask head too);
             default :func:`score_weights` of the positives' rows.
+        ranking_pool: "process" (published: rank this process's candidates) or "global"
+            (rank those of all processes together, the GIoU mean over all processes'
+            positives: :mod:`rs_detectron2.losses.ranking_pool`).
 
     A positive's RS target is the IoU of its predicted box with its ground truth (at its
     class; every other entry of its row is a negative); its box loss is weighted by its
@@ -111,9 +120,9 @@ def rs_head_losses(
     targets = torch.zeros_like(logits)
     targets[ignored] = -1.0
     targets[pos_rows, pos_classes] = localisation_quality(pred_boxes, gt_boxes).to(targets.dtype)
-    loss_rank, loss_sort = rank_sort_loss(logits, targets, delta)
+    loss_rank, loss_sort = pooled_rank_sort_loss(logits, targets, delta, ranking_pool)
     if pos_weights is None:
         pos_weights = score_weights(logits[pos_rows])
-    loss_box = score_weighted_giou_loss(pred_boxes, gt_boxes, pos_weights)
+    loss_box = score_weighted_giou_loss(pred_boxes, gt_boxes, pos_weights, ranking_pool)
     loss_box, coefficient = balance_to(loss_box, loss_rank + loss_sort)
     return RSHeadLosses(loss_rank, loss_sort, loss_box, coefficient)

@@ -4,17 +4,21 @@ from typing import List
 import torch
 from torch import Tensor
 
+from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling.roi_heads import ROI_MASK_HEAD_REGISTRY, MaskRCNNConvUpsampleHead
 from detectron2.modeling.roi_heads.mask_head import mask_rcnn_inference
 from detectron2.structures import Instances
+
+from rs_detectron2.losses.ranking_pool import check_ranking_pool
 
 from .rs_head_recipe import score_weighted_mean
 
 _DICE_SMOOTH = 1e-5
 
 
-def weighted_dice_loss(pred_mask_logits: Tensor, instances: List[Instances]) -> Tensor:
+def weighted_dice_loss(pred_mask_logits: Tensor, instances: List[Instances],
+                       pool: str = "process") -> Tensor:
     """Dice loss of each positive RoI's mask for its ground-truth class, weighted by the RoI's
     ``score_weights`` (the box head's score of the RoI) and normalised by their sum (1 when the sum is below 1e-10).
 
@@ -46,7 +50,7 @@ def weighted_dice_loss(pred_mask_logits: Tensor, instances: List[Instances]) -> 
     dice = 1 - 2 * (probs * gt_masks).sum(1) / (
         (probs * probs).sum(1) + (gt_masks * gt_masks).sum(1) + _DICE_SMOOTH
     )
-    return score_weighted_mean(dice, weights)
+    return score_weighted_mean(dice, weights, pool)
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
@@ -56,9 +60,27 @@ class RSMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
     ``MODEL.RS.MAX_MASK_ROIS`` positive RoIs carrying ``score_weights`` and balance its loss to
     their RS loss (:class:`RSStandardROIHeads`)."""
 
+    @configurable
+    def __init__(self, input_shape, *, ranking_pool: str = "process", **kwargs):
+        """
+        Args:
+            ranking_pool: "process" or "global": the Dice loss's weighted mean over this
+                process's RoIs or all processes' (``MODEL.RS.RANKING_POOL``).
+            input_shape, kwargs: arguments of detectron2's :class:`MaskRCNNConvUpsampleHead`.
+        """
+        super().__init__(input_shape, **kwargs)
+        self.ranking_pool = check_ranking_pool(ranking_pool)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["ranking_pool"] = cfg.MODEL.RS.RANKING_POOL
+        return ret
+
     def forward(self, x: Tensor, instances: List[Instances]):
         x = self.layers(x)
         if self.training:
-            return {"loss_mask": weighted_dice_loss(x, instances) * self.loss_weight}
+            loss = weighted_dice_loss(x, instances, self.ranking_pool)
+            return {"loss_mask": loss * self.loss_weight}
         mask_rcnn_inference(x, instances)
         return instances

@@ -11,6 +11,8 @@ from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 
 from .ignored_keys import warn_ignored_keys
+from rs_detectron2.losses.ranking_pool import check_ranking_pool
+
 from .rs_head_recipe import rs_head_losses
 
 # detectron2 keys of the RPN that RS-RPN replaces (no sampling, GIoU on decoded boxes).
@@ -36,21 +38,24 @@ class RSRPN(RPN):
     """
 
     @configurable
-    def __init__(self, *, delta: float = 0.5, **kwargs):
+    def __init__(self, *, delta: float = 0.5, ranking_pool: str = "process", **kwargs):
         """
         Args:
             delta: smoothing of RS Loss.
+            ranking_pool: "process" or "global" (``MODEL.RS.RANKING_POOL``).
             kwargs: arguments of detectron2's :class:`RPN` (its ``loss_weight``:
                 ``loss_rpn_cls`` weights the rank and sort losses, ``loss_rpn_loc`` the box
                 loss).
         """
         super().__init__(**kwargs)
         self.delta = delta
+        self.ranking_pool = check_ranking_pool(ranking_pool)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         ret["delta"] = cfg.MODEL.RS.DELTA
+        ret["ranking_pool"] = cfg.MODEL.RS.RANKING_POOL
         warn_ignored_keys(cfg, IGNORED_RPN_KEYS, "RSRPN",
                           "it keeps every anchor and regresses with balanced GIoU")
         return ret
@@ -84,7 +89,7 @@ class RSRPN(RPN):
         out = rs_head_losses(
             logits.reshape(-1, 1), (gt_labels == -1).reshape(-1),
             image_idx * num_anchors + anchor_idx, torch.zeros_like(anchor_idx),
-            pred_boxes, matched_gt, self.delta)
+            pred_boxes, matched_gt, self.delta, ranking_pool=self.ranking_pool)
 
         storage = get_event_storage()
         storage.put_scalar("rpn/num_pos_anchors", pos.sum().item() / num_images)

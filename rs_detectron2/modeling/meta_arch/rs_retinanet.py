@@ -27,6 +27,8 @@ from detectron2.utils.events import get_event_storage
 from detectron2.utils.registry import Registry
 
 from ..ignored_keys import warn_ignored_keys
+from rs_detectron2.losses.ranking_pool import check_ranking_pool
+
 from ..rs_head_recipe import rs_head_losses
 from .atss import atss_match
 
@@ -75,12 +77,13 @@ class RSRetinaNet(RetinaNet):
 
     @configurable
     def __init__(self, *, assigner: str = "atss", atss_topk: int = 9, delta: float = 0.5,
-                 **kwargs):
+                 ranking_pool: str = "process", **kwargs):
         """
         Args:
             assigner: "atss" or "iou" (detectron2's matcher, ``anchor_matcher``).
             atss_topk: ATSS candidates per level and ground truth.
             delta: smoothing of RS Loss.
+            ranking_pool: "process" or "global" (``MODEL.RS.RANKING_POOL``).
             kwargs: arguments of detectron2's :class:`RetinaNet`.
         """
         super().__init__(**kwargs)
@@ -90,6 +93,7 @@ class RSRetinaNet(RetinaNet):
         self.assigner = assigner
         self.atss_topk = int(atss_topk)
         self.delta = delta
+        self.ranking_pool = check_ranking_pool(ranking_pool)
 
     @classmethod
     def from_config(cls, cfg):
@@ -98,7 +102,8 @@ class RSRetinaNet(RetinaNet):
         feature_shapes = [shapes[f] for f in cfg.MODEL.RETINANET.IN_FEATURES]
         node = cfg.MODEL.RS_RETINANET
         ret["head"] = RS_ONE_STAGE_HEAD_REGISTRY.get(node.HEAD_NAME)(cfg, feature_shapes)
-        ret.update(assigner=node.ASSIGNER, atss_topk=node.ATSS_TOPK, delta=cfg.MODEL.RS.DELTA)
+        ret.update(assigner=node.ASSIGNER, atss_topk=node.ATSS_TOPK, delta=cfg.MODEL.RS.DELTA,
+                   ranking_pool=cfg.MODEL.RS.RANKING_POOL)
         warn_ignored_keys(cfg, IGNORED_RETINANET_KEYS, "RSRetinaNet",
                           "it trains with RS Loss and balanced GIoU")
         return ret
@@ -145,7 +150,8 @@ class RSRetinaNet(RetinaNet):
         num_anchors, num_classes = logits.shape[1:]
         out = rs_head_losses(
             logits.reshape(-1, num_classes), (~valid).reshape(-1),
-            image_idx * num_anchors + anchor_idx, pos_classes, pred_boxes, matched_gt, self.delta)
+            image_idx * num_anchors + anchor_idx, pos_classes, pred_boxes, matched_gt, self.delta,
+            ranking_pool=self.ranking_pool)
 
         storage = get_event_storage()
         storage.put_scalar("num_pos_anchors", pos.sum().item() / num_images)
