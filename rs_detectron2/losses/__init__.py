@@ -1,4 +1,21 @@
 """Ranking-based losses of the RS family; free of detectron2 so they can be used alone."""
+from .ap_losses import (
+    ALRPLoss,
+    ALRPLossOutput,
+    APLoss,
+    alrp_loss,
+    alrp_regression_loss,
+    ap_loss,
+)
 from .rank_sort_loss import RankSortLoss, rank_sort_loss
 
-__all__ = ["RankSortLoss", "rank_sort_loss"]
+__all__ = [
+    "RankSortLoss",
+    "rank_sort_loss",
+    "APLoss",
+    "ap_loss",
+    "ALRPLoss",
+    "ALRPLossOutput",
+    "alrp_loss",
+    "alrp_regression_loss",
+]
