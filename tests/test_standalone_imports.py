@@ -16,6 +16,7 @@ def run_python(code: str) -> None:
 
 
 @pytest.mark.parametrize("module", ["rs_detectron2", "rs_detectron2.losses",
+                                    "rs_detectron2.losses.ap_losses",
                                     "rs_detectron2.evaluation.olrp_core"])
 def test_module_loads_no_detectron2(module):
     code = (f"import sys, {module}\n"
@@ -29,6 +30,17 @@ def test_loss_runs_without_detectron2():
             "from rs_detectron2.losses import rank_sort_loss\n"
             "rank, sort = rank_sort_loss(torch.tensor([2.0, 1.0, 0.5]), torch.tensor([0.9, 0.0, 0.4]))\n"
             "assert 0 < float(rank) < 1 and 'detectron2' not in sys.modules\n")
+    run_python(code)
+
+
+def test_ap_losses_run_without_detectron2():
+    code = ("import sys, torch\n"
+            "from rs_detectron2.losses import ap_loss, alrp_loss\n"
+            "s, y = torch.tensor([2.0, 1.0, 0.5]), torch.tensor([1.0, 0.0, 1.0])\n"
+            "ap = ap_loss(s, y)\n"
+            "out = alrp_loss(s, y, torch.tensor([0.2, 0.4]))\n"
+            "assert 0 < float(ap) < 1 and 0 < float(out.loss_cls) < 1 and float(out.loss_reg) > 0\n"
+            "assert 'detectron2' not in sys.modules\n")
     run_python(code)
 
 
