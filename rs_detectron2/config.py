@@ -20,6 +20,15 @@ def add_rs_config(cfg: CN) -> None:
     # processes; the box and mask losses' score-weighted means too). The same on one process.
     # Read by every RS head (RPN, RoI box predictor and mask head, one-stage).
     cfg.MODEL.RS.RANKING_POOL = "process"
+    # The classification loss of every RS head: "rank_sort" (RS Loss), "ap" (AP Loss, Chen et
+    # al. 2019; the box loss stays RS's balanced score-weighted GIoU) or "alrp" (aLRP Loss,
+    # Oksuz et al. 2020: its own regression part with the self-balancing weight).
+    cfg.MODEL.RS.RANKING_LOSS = "rank_sort"
+    # Smoothing δ of AP Loss and aLRP Loss (published: 1.0; DELTA is RS Loss's).
+    cfg.MODEL.RS.AP_DELTA = 1.0
+    # aLRP's self-balancing weight (50 at first) is updated every this many iterations: one
+    # epoch (published 3665: COCO train2017 at batch 32).
+    cfg.MODEL.RS.ALRP_SB_PERIOD = 3665
     # At most this many positive RoIs (a random subset, with their weights) feed the mask head.
     cfg.MODEL.RS.MAX_MASK_ROIS = 200
     # Rescale the mask loss so that its value equals the RoI head's RS loss (the published

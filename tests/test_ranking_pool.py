@@ -9,7 +9,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from rs_detectron2.losses import gather_ranking_pool, global_sum, pooled_rank_sort_loss, rank_sort_loss
+from rs_detectron2.losses import (
+    alrp_loss,
+    ap_loss,
+    global_sum,
+    pooled_alrp_loss,
+    pooled_ap_loss,
+    pooled_rank_sort_loss,
+    rank_sort_loss,
+)
 from rs_detectron2.losses.ranking_pool import check_ranking_pool
 
 
@@ -43,6 +51,11 @@ def _cases(seed):
     return out
 
 
+def _regression(logits, targets):
+    """A regression loss in [0, 2) for every entry (used at the positives)."""
+    return (logits.detach().sin() + 1.0) * 0.9
+
+
 def _worker(rank, world, port, path):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
@@ -57,9 +70,18 @@ def _worker(rank, world, port, path):
         values = local.detach().clone().requires_grad_(True)
         mean = global_sum((values * w).sum()) / global_sum(w.sum())
         mean.backward()
+        # AP Loss and aLRP Loss (regression losses of this process's positives, flat order)
+        ap_in = logits[part].clone().requires_grad_(True)
+        pooled_ap_loss(ap_in, targets[part], 1.0, pool="global").backward()
+        alrp_in = logits[part].clone().requires_grad_(True)
+        reg = _regression(logits, targets)[part][targets[part] > 0].clone().requires_grad_(True)
+        out = pooled_alrp_loss(alrp_in, targets[part], reg, 1.0, pool="global")
+        (out.loss_cls + 3.0 * out.loss_reg).backward()
         results.append({"rank": float(loss_rank), "sort": float(loss_sort),
                         "grad": local.grad.clone(), "mean": float(mean),
-                        "mean_grad": values.grad.clone()})
+                        "mean_grad": values.grad.clone(),
+                        "ap_grad": ap_in.grad.clone(), "alrp": (float(out.loss_cls), float(out.loss_reg)),
+                        "alrp_grad": alrp_in.grad.clone(), "reg_grad": reg.grad.clone()})
     torch.save(results, f"{path}.{rank}")
     dist.destroy_process_group()
 
@@ -86,6 +108,21 @@ def test_two_processes_rank_as_one_holding_all_the_data():
             torch.testing.assert_close(got["mean_grad"] / 2, (w / w.sum())[part], atol=1e-9, rtol=0)
         if k == 7:
             assert float(loss_rank) == 0.0 and float(x.grad.abs().sum()) == 0.0
+        ap_x = logits.clone().requires_grad_(True)
+        ap_loss(ap_x, targets, 1.0).backward()
+        alrp_x = logits.clone().requires_grad_(True)
+        reg = _regression(logits, targets)[targets > 0].clone().requires_grad_(True)
+        out = alrp_loss(alrp_x, targets, reg, 1.0)
+        (out.loss_cls + 3.0 * out.loss_reg).backward()
+        n_pos0 = int((targets[:n0] > 0).sum())
+        for rank, part, pos_part in ((0, slice(0, n0), slice(0, n_pos0)),
+                                     (1, slice(n0, None), slice(n_pos0, None))):
+            got = per_rank[rank][k]
+            torch.testing.assert_close(got["ap_grad"] / 2, ap_x.grad[part], atol=1e-6, rtol=0)
+            assert got["alrp"][0] == pytest.approx(float(out.loss_cls), abs=1e-6)
+            assert got["alrp"][1] == pytest.approx(float(out.loss_reg), abs=1e-6)
+            torch.testing.assert_close(got["alrp_grad"] / 2, alrp_x.grad[part], atol=1e-6, rtol=0)
+            torch.testing.assert_close(got["reg_grad"] / 2, reg.grad[pos_part], atol=1e-6, rtol=0)
 
 
 def test_one_process_is_the_per_process_loss_bit_for_bit():

@@ -12,6 +12,8 @@ from .ranking_pool import (
     RANKING_POOLS,
     gather_ranking_pool,
     global_sum,
+    pooled_alrp_loss,
+    pooled_ap_loss,
     pooled_rank_sort_loss,
     ranking_world_size,
 )
@@ -29,5 +31,7 @@ __all__ = [
     "gather_ranking_pool",
     "global_sum",
     "pooled_rank_sort_loss",
+    "pooled_ap_loss",
+    "pooled_alrp_loss",
     "ranking_world_size",
 ]

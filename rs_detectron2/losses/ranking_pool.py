@@ -27,10 +27,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .ap_losses import ALRPLossOutput, alrp_loss, ap_loss
 from .rank_sort_loss import rank_sort_loss
 
 __all__ = ["RANKING_POOLS", "check_ranking_pool", "ranking_world_size", "gather_ranking_pool",
-           "global_sum", "pooled_rank_sort_loss"]
+           "global_sum", "pooled_rank_sort_loss", "pooled_ap_loss", "pooled_alrp_loss"]
 
 RANKING_POOLS = ("process", "global")
 
@@ -135,3 +136,27 @@ def pooled_rank_sort_loss(logits: Tensor, targets: Tensor, delta: float = 0.5,
         return rank_sort_loss(logits, targets, delta)
     pooled_logits, pooled_targets = gather_ranking_pool(logits, targets, delta)
     return rank_sort_loss(pooled_logits, pooled_targets, delta)
+
+
+def _is_global(pool: str) -> bool:
+    return check_ranking_pool(pool) == "global" and ranking_world_size() > 1
+
+
+def pooled_ap_loss(logits: Tensor, targets: Tensor, delta: float = 1.0,
+                   pool: str = "process") -> Tensor:
+    """:func:`~.ap_losses.ap_loss` over this process's entries or the pool of all processes."""
+    if not _is_global(pool):
+        return ap_loss(logits, targets, delta)
+    return ap_loss(*gather_ranking_pool(logits, targets, delta), delta)
+
+
+def pooled_alrp_loss(logits: Tensor, targets: Tensor, regression_losses: Tensor,
+                     delta: float = 1.0, pool: str = "process") -> ALRPLossOutput:
+    """:func:`~.ap_losses.alrp_loss` over this process's entries or the pool of all
+    processes; ``regression_losses`` (one per positive, in the flat order of the positives)
+    are gathered in the pool's order of the positives."""
+    if not _is_global(pool):
+        return alrp_loss(logits, targets, regression_losses, delta)
+    pooled_logits, pooled_targets = gather_ranking_pool(logits, targets, delta)
+    pooled_regression = _GatherWithLocalGradient.apply(regression_losses.reshape(-1))
+    return alrp_loss(pooled_logits, pooled_targets, pooled_regression, delta)

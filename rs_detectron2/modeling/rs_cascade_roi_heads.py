@@ -32,6 +32,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 
 from .rs_fast_rcnn import RSFastRCNNOutputLayers
+from .rs_head_recipe import ranking_reference
 from .rs_roi_heads import RSStandardROIHeads
 
 
@@ -184,7 +185,7 @@ class RSCascadeROIHeads(CascadeROIHeads, RSStandardROIHeads):
 
     def _mask_balance_reference(self, box_losses: Dict[str, Tensor]) -> Tensor:
         """The first stage's RS loss (that of the proposals the mask head sees)."""
-        return box_losses["loss_roi_rank_stage0"] + box_losses["loss_roi_sort_stage0"]
+        return ranking_reference(box_losses, "loss_roi_", "_stage0")
 
     def _run_cascade(
         self,

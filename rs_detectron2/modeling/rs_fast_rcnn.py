@@ -13,7 +13,7 @@ from detectron2.utils.events import get_event_storage
 from .ignored_keys import warn_ignored_keys
 from rs_detectron2.losses.ranking_pool import check_ranking_pool
 
-from .rs_head_recipe import rs_head_losses, score_weights
+from .rs_head_recipe import make_self_balance, ranking_loss_args, rs_head_losses, score_weights
 
 # detectron2 keys of the box predictor that the RS predictor replaces (GIoU on decoded boxes).
 IGNORED_BOX_PREDICTOR_KEYS = ("MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE",
@@ -34,16 +34,20 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
 
     @configurable
     def __init__(self, input_shape, *, delta: float = 0.5, ranking_pool: str = "process",
-                 **kwargs):
+                 ranking_loss: str = "rank_sort", alrp_sb_period: int = 3665, **kwargs):
         """
         Args:
-            delta: smoothing of RS Loss.
+            delta: smoothing of the ranking loss.
             ranking_pool: "process" or "global" (``MODEL.RS.RANKING_POOL``).
+            ranking_loss: "rank_sort", "ap" or "alrp" (``MODEL.RS.RANKING_LOSS``).
+            alrp_sb_period: aLRP's self-balance period (``MODEL.RS.ALRP_SB_PERIOD``).
             input_shape, kwargs: arguments of detectron2's :class:`FastRCNNOutputLayers`.
         """
         super().__init__(input_shape, **kwargs)
         self.delta = delta
         self.ranking_pool = check_ranking_pool(ranking_pool)
+        self.ranking_loss = ranking_loss
+        self.self_balance = make_self_balance(ranking_loss, alrp_sb_period)
         # K outputs, no background class.
         self.cls_score = nn.Linear(self.cls_score.in_features, self.num_classes)
         nn.init.normal_(self.cls_score.weight, std=0.01)
@@ -52,8 +56,7 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
-        ret["delta"] = cfg.MODEL.RS.DELTA
-        ret["ranking_pool"] = cfg.MODEL.RS.RANKING_POOL
+        ret.update(ranking_loss_args(cfg))
         warn_ignored_keys(cfg, IGNORED_BOX_PREDICTOR_KEYS, "RSFastRCNNOutputLayers",
                           "it regresses decoded boxes with balanced GIoU")
         return ret
@@ -65,7 +68,8 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
         return score_weights(predictions[0])
 
     def losses(self, predictions: Tuple[Tensor, Tensor], proposals: List[Instances]) -> Dict[str, Tensor]:
-        """``loss_roi_rank``, ``loss_roi_sort`` and ``loss_roi_box`` over the whole batch."""
+        """``loss_roi_rank``, ``loss_roi_sort`` (RS Loss) and ``loss_roi_box`` over the whole
+        batch."""
         scores, deltas = predictions  # (R, K), (R, K*4) or (R, 4)
         gt_classes = cat([p.gt_classes for p in proposals], dim=0)
         proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
@@ -80,12 +84,12 @@ class RSFastRCNNOutputLayers(FastRCNNOutputLayers):
 
         out = rs_head_losses(scores, gt_classes < 0, fg, fg_classes, pred_boxes, gt_boxes[fg],
                              self.delta, pos_weights=self.score_weights(predictions)[fg],
-                             ranking_pool=self.ranking_pool)
+                             ranking_pool=self.ranking_pool, ranking_loss=self.ranking_loss,
+                             self_balance=self.self_balance)
         get_event_storage().put_scalar("roi_head/box_balance", out.box_balance)
         w_cls = self.loss_weight.get("loss_cls", 1.0)
         w_box = self.loss_weight.get("loss_box_reg", 1.0)
-        return {"loss_roi_rank": out.rank * w_cls, "loss_roi_sort": out.sort * w_cls,
-                "loss_roi_box": out.box * w_box}
+        return out.named("loss_roi_", w_cls, w_box)
 
     def predict_probs(
         self, predictions: Tuple[Tensor, Tensor], proposals: List[Instances]

@@ -7,18 +7,25 @@ auxiliary loss so that its value equals the RS loss of its stage (no tuned weigh
 :func:`rs_head_losses`. The pieces (IoU targets, score-weighted means, value-based
 balancing) are public for the heads that combine other losses (the mask head).
 """
-from typing import NamedTuple, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 from fvcore.nn import giou_loss
-from torch import Tensor
+from torch import Tensor, nn
 
 from detectron2.structures import Boxes
 from detectron2.structures.boxes import matched_pairwise_iou
 
-from rs_detectron2.losses import global_sum, pooled_rank_sort_loss
+from rs_detectron2.losses import (
+    global_sum,
+    pooled_alrp_loss,
+    pooled_ap_loss,
+    pooled_rank_sort_loss,
+)
 
 _EPS = 1e-10
+# The classification losses an RS head can train with (MODEL.RS.RANKING_LOSS).
+RANKING_LOSSES = ("rank_sort", "ap", "alrp")
 # A positive whose predicted box misses its ground truth entirely still gets this tiny
 # quality, so that it stays a positive for RS Loss (a target of 0 would make it a negative).
 MIN_POSITIVE_IOU = 1e-6
@@ -75,13 +82,83 @@ def score_weights(logits: Tensor) -> Tensor:
     return logits.detach().sigmoid().max(dim=1).values
 
 
-class RSHeadLosses(NamedTuple):
-    """What :func:`rs_head_losses` returns; each head names and scales the three losses."""
+def check_ranking_loss(name: str) -> str:
+    """``name`` if it is one of :data:`RANKING_LOSSES`, else a ValueError naming them."""
+    if name not in RANKING_LOSSES:
+        raise ValueError(f"MODEL.RS.RANKING_LOSS must be one of {RANKING_LOSSES}, got {name!r}")
+    return name
 
-    rank: Tensor  # ranking error of RS Loss
-    sort: Tensor  # sorting error of RS Loss
-    box: Tensor  # score-weighted GIoU, balanced to rank + sort
-    box_balance: float  # the balancing coefficient (rank + sort) / GIoU, for the logs
+
+class SelfBalance(nn.Module):
+    """aLRP Loss's self-balancing weight of its regression part (Oksuz et al., NeurIPS 2020):
+    50 at first, then every ``period`` iterations (an epoch in the published recipe) set to
+    (mean classification + mean regression) / mean regression over those iterations. Kept
+    in buffers, so that checkpoints resume it."""
+
+    def __init__(self, period: int, initial: float = 50.0):
+        super().__init__()
+        if period <= 0:
+            raise ValueError(f"SelfBalance: period (MODEL.RS.ALRP_SB_PERIOD) must be > 0, "
+                             f"got {period}")
+        self.period = int(period)
+        self.register_buffer("weight", torch.tensor(float(initial), dtype=torch.float64))
+        self.register_buffer("sums", torch.zeros(2, dtype=torch.float64))  # cls, reg
+        self.register_buffer("count", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, loss_cls: float, loss_reg: float) -> float:
+        """Record this iteration's two values and return the weight of its regression loss
+        (updated first when this iteration completes a period, as published)."""
+        self.sums += torch.tensor([loss_cls, loss_reg], dtype=torch.float64)
+        self.count += 1
+        if int(self.count) == self.period:
+            cls_mean, reg_mean = (self.sums / self.period).tolist()
+            if reg_mean > _EPS:
+                self.weight.fill_((reg_mean + cls_mean) / reg_mean)
+            self.sums.zero_()
+            self.count.zero_()
+        return float(self.weight)
+
+
+def ranking_loss_args(cfg) -> Dict[str, object]:
+    """The RS heads' loss arguments from ``cfg.MODEL.RS``: ``ranking_loss``
+    (``RANKING_LOSS``), ``delta`` (``DELTA`` for RS Loss, ``AP_DELTA`` for AP and aLRP
+    Loss), ``ranking_pool`` (``RANKING_POOL``) and ``alrp_sb_period`` (``ALRP_SB_PERIOD``)."""
+    rs = cfg.MODEL.RS
+    loss = check_ranking_loss(rs.RANKING_LOSS)
+    return {"ranking_loss": loss, "delta": rs.DELTA if loss == "rank_sort" else rs.AP_DELTA,
+            "ranking_pool": rs.RANKING_POOL, "alrp_sb_period": rs.ALRP_SB_PERIOD}
+
+
+def make_self_balance(ranking_loss: str, period: int) -> Optional[SelfBalance]:
+    """The head's :class:`SelfBalance` for aLRP Loss, None for the other losses."""
+    return SelfBalance(period) if check_ranking_loss(ranking_loss) == "alrp" else None
+
+
+class RSHeadLosses(NamedTuple):
+    """What :func:`rs_head_losses` returns; each head names and scales the losses
+    (:meth:`named`)."""
+
+    rank: Tensor  # the ranking loss: RS's ranking error, 1 - AP (ap), aLRP's classification part
+    sort: Optional[Tensor]  # RS Loss's sorting error (None for ap and alrp)
+    box: Tensor  # the box loss: balanced score-weighted GIoU, or aLRP's regression part x SB
+    box_balance: float  # the coefficient of the box loss, for the logs
+
+    def named(self, prefix: str, w_cls: float = 1.0, w_box: float = 1.0) -> Dict[str, Tensor]:
+        """``{prefix}rank``, ``{prefix}sort`` (RS Loss only) and ``{prefix}box``, the
+        classification losses times ``w_cls``, the box loss times ``w_box``."""
+        out = {f"{prefix}rank": self.rank * w_cls}
+        if self.sort is not None:
+            out[f"{prefix}sort"] = self.sort * w_cls
+        out[f"{prefix}box"] = self.box * w_box
+        return out
+
+
+def ranking_reference(losses: Dict[str, Tensor], prefix: str, suffix: str = "") -> Tensor:
+    """The classification loss a head's auxiliary losses are balanced to: its
+    ``{prefix}rank{suffix}`` plus its ``{prefix}sort{suffix}`` where it has one."""
+    reference = losses[f"{prefix}rank{suffix}"]
+    sort = losses.get(f"{prefix}sort{suffix}", None)
+    return reference if sort is None else reference + sort
 
 
 def rs_head_losses(
@@ -94,8 +171,11 @@ def rs_head_losses(
     delta: float,
     pos_weights: Optional[Tensor] = None,
     ranking_pool: str = "process",
+    ranking_loss: str = "rank_sort",
+    self_balance: Optional[SelfBalance] = None,
 ) -> RSHeadLosses:
-    """RS Loss and the balanced, score-weighted GIoU loss of one head over a whole batch.
+    """RS Loss and the balanced, score-weighted GIoU loss of one head over a whole batch
+    (or, by ``ranking_loss``, AP Loss or aLRP Loss in its place).
 
     Args:
         logits: (R, K) class logits of the R candidates (anchors or proposals of every
@@ -104,25 +184,45 @@ def rs_head_losses(
         pos_rows, pos_classes: (P,) the row and the ground-truth class of each positive.
         pred_boxes, gt_boxes: (P, 4) each positive's decoded predicted box and its ground
             truth (XYXY).
-        delta: smoothing of RS Loss.
+        delta: smoothing of the ranking loss's step function.
         pos_weights: (P,) the positives' box-loss weights if the head has them already
             (the RoI box predictor computes every proposal's, for the mask head too);
             default :func:`score_weights` of the positives' rows.
         ranking_pool: "process" (published: rank this process's candidates) or "global"
             (rank those of all processes together, the GIoU mean over all processes'
             positives: :mod:`rs_detectron2.losses.ranking_pool`).
+        ranking_loss: "rank_sort" (RS Loss), "ap" (AP Loss, Chen et al. 2019: 1 - AP; the
+            box loss as RS's, balanced to it) or "alrp" (aLRP Loss, Oksuz et al. 2020: its
+            classification part, and its regression part on each positive's GIoU loss times
+            the self-balancing weight of ``self_balance``).
+        self_balance: aLRP's :class:`SelfBalance` of the head (required for "alrp").
 
-    A positive's RS target is the IoU of its predicted box with its ground truth (at its
-    class; every other entry of its row is a negative); its box loss is weighted by its
-    highest class score (:func:`score_weights`) and the box loss is rescaled to the value
+    With RS Loss a positive's target is the IoU of its predicted box with its ground truth
+    (at its class; every other entry of its row is a negative); its box loss is weighted by
+    its highest class score (:func:`score_weights`) and the box loss is rescaled to the value
     of ``rank + sort`` (:func:`balance_to`).
     """
     targets = torch.zeros_like(logits)
     targets[ignored] = -1.0
     targets[pos_rows, pos_classes] = localisation_quality(pred_boxes, gt_boxes).to(targets.dtype)
-    loss_rank, loss_sort = pooled_rank_sort_loss(logits, targets, delta, ranking_pool)
+    if check_ranking_loss(ranking_loss) == "alrp":
+        if self_balance is None:
+            raise ValueError("rs_head_losses: ranking_loss 'alrp' needs the head's SelfBalance")
+        # one GIoU loss per positive (published: GIoU / 2 / (1 - 0.5)), in the flat order
+        # of the positives in the targets, which aLRP Loss expects
+        order = (pos_rows * logits.shape[1] + pos_classes).argsort()
+        regression = giou_loss(pred_boxes[order], gt_boxes[order], reduction="none")
+        out = pooled_alrp_loss(logits, targets, regression, delta, ranking_pool)
+        weight = self_balance(float(out.loss_cls), float(out.loss_reg))
+        return RSHeadLosses(out.loss_cls, None, out.loss_reg * weight, weight)
+    if ranking_loss == "ap":
+        loss_rank, loss_sort = pooled_ap_loss(logits, targets, delta, ranking_pool), None
+        reference = loss_rank
+    else:
+        loss_rank, loss_sort = pooled_rank_sort_loss(logits, targets, delta, ranking_pool)
+        reference = loss_rank + loss_sort
     if pos_weights is None:
         pos_weights = score_weights(logits[pos_rows])
     loss_box = score_weighted_giou_loss(pred_boxes, gt_boxes, pos_weights, ranking_pool)
-    loss_box, coefficient = balance_to(loss_box, loss_rank + loss_sort)
+    loss_box, coefficient = balance_to(loss_box, reference)
     return RSHeadLosses(loss_rank, loss_sort, loss_box, coefficient)

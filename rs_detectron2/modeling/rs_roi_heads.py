@@ -12,7 +12,7 @@ from detectron2.utils.events import get_event_storage
 
 from .ignored_keys import warn_ignored_keys
 from .rs_fast_rcnn import RSFastRCNNOutputLayers
-from .rs_head_recipe import balance_to
+from .rs_head_recipe import balance_to, ranking_reference
 
 # detectron2 keys of the RoI heads that RS RoI heads replace (every proposal is kept).
 IGNORED_ROI_HEADS_KEYS = ("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
@@ -163,7 +163,7 @@ class RSStandardROIHeads(StandardROIHeads):
 
     def _mask_balance_reference(self, box_losses: Dict[str, Tensor]) -> Tensor:
         """The RS loss that the mask loss is balanced to."""
-        return box_losses["loss_roi_rank"] + box_losses["loss_roi_sort"]
+        return ranking_reference(box_losses, "loss_roi_")
 
     def _balance_mask_losses(
         self, mask_losses: Dict[str, Tensor], box_losses: Dict[str, Tensor]

@@ -13,7 +13,7 @@ from detectron2.utils.events import get_event_storage
 from .ignored_keys import warn_ignored_keys
 from rs_detectron2.losses.ranking_pool import check_ranking_pool
 
-from .rs_head_recipe import rs_head_losses
+from .rs_head_recipe import make_self_balance, ranking_loss_args, rs_head_losses
 
 # detectron2 keys of the RPN that RS-RPN replaces (no sampling, GIoU on decoded boxes).
 IGNORED_RPN_KEYS = (
@@ -38,11 +38,14 @@ class RSRPN(RPN):
     """
 
     @configurable
-    def __init__(self, *, delta: float = 0.5, ranking_pool: str = "process", **kwargs):
+    def __init__(self, *, delta: float = 0.5, ranking_pool: str = "process",
+                 ranking_loss: str = "rank_sort", alrp_sb_period: int = 3665, **kwargs):
         """
         Args:
-            delta: smoothing of RS Loss.
+            delta: smoothing of the ranking loss.
             ranking_pool: "process" or "global" (``MODEL.RS.RANKING_POOL``).
+            ranking_loss: "rank_sort", "ap" or "alrp" (``MODEL.RS.RANKING_LOSS``).
+            alrp_sb_period: aLRP's self-balance period (``MODEL.RS.ALRP_SB_PERIOD``).
             kwargs: arguments of detectron2's :class:`RPN` (its ``loss_weight``:
                 ``loss_rpn_cls`` weights the rank and sort losses, ``loss_rpn_loc`` the box
                 loss).
@@ -50,12 +53,13 @@ class RSRPN(RPN):
         super().__init__(**kwargs)
         self.delta = delta
         self.ranking_pool = check_ranking_pool(ranking_pool)
+        self.ranking_loss = ranking_loss
+        self.self_balance = make_self_balance(ranking_loss, alrp_sb_period)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
-        ret["delta"] = cfg.MODEL.RS.DELTA
-        ret["ranking_pool"] = cfg.MODEL.RS.RANKING_POOL
+        ret.update(ranking_loss_args(cfg))
         warn_ignored_keys(cfg, IGNORED_RPN_KEYS, "RSRPN",
                           "it keeps every anchor and regresses with balanced GIoU")
         return ret
@@ -73,7 +77,8 @@ class RSRPN(RPN):
         pred_anchor_deltas: List[Tensor],
         gt_boxes: List[Tensor],
     ) -> Dict[str, Tensor]:
-        """``loss_rpn_rank``, ``loss_rpn_sort`` and ``loss_rpn_box`` over the whole batch."""
+        """``loss_rpn_rank``, ``loss_rpn_sort`` (RS Loss) and ``loss_rpn_box`` over the whole
+        batch."""
         num_images = len(gt_labels)
         gt_labels = torch.stack(gt_labels)  # (N, R): 1 positive, 0 negative, -1 ignored
         logits = cat(pred_objectness_logits, dim=1)  # (N, R)
@@ -89,7 +94,8 @@ class RSRPN(RPN):
         out = rs_head_losses(
             logits.reshape(-1, 1), (gt_labels == -1).reshape(-1),
             image_idx * num_anchors + anchor_idx, torch.zeros_like(anchor_idx),
-            pred_boxes, matched_gt, self.delta, ranking_pool=self.ranking_pool)
+            pred_boxes, matched_gt, self.delta, ranking_pool=self.ranking_pool,
+            ranking_loss=self.ranking_loss, self_balance=self.self_balance)
 
         storage = get_event_storage()
         storage.put_scalar("rpn/num_pos_anchors", pos.sum().item() / num_images)
@@ -97,8 +103,4 @@ class RSRPN(RPN):
         storage.put_scalar("rpn/box_balance", out.box_balance)
         w_cls = self.loss_weight.get("loss_rpn_cls", 1.0)
         w_box = self.loss_weight.get("loss_rpn_loc", 1.0)
-        return {
-            "loss_rpn_rank": out.rank * w_cls,
-            "loss_rpn_sort": out.sort * w_cls,
-            "loss_rpn_box": out.box * w_box,
-        }
+        return out.named("loss_rpn_", w_cls, w_box)

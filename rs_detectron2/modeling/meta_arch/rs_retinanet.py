@@ -29,7 +29,7 @@ from detectron2.utils.registry import Registry
 from ..ignored_keys import warn_ignored_keys
 from rs_detectron2.losses.ranking_pool import check_ranking_pool
 
-from ..rs_head_recipe import rs_head_losses
+from ..rs_head_recipe import make_self_balance, ranking_loss_args, rs_head_losses
 from .atss import atss_match
 
 __all__ = ["RSRetinaNet", "RSATSSHead", "RS_ONE_STAGE_HEAD_REGISTRY", "ASSIGNERS"]
@@ -77,13 +77,16 @@ class RSRetinaNet(RetinaNet):
 
     @configurable
     def __init__(self, *, assigner: str = "atss", atss_topk: int = 9, delta: float = 0.5,
-                 ranking_pool: str = "process", **kwargs):
+                 ranking_pool: str = "process", ranking_loss: str = "rank_sort",
+                 alrp_sb_period: int = 3665, **kwargs):
         """
         Args:
             assigner: "atss" or "iou" (detectron2's matcher, ``anchor_matcher``).
             atss_topk: ATSS candidates per level and ground truth.
-            delta: smoothing of RS Loss.
+            delta: smoothing of the ranking loss.
             ranking_pool: "process" or "global" (``MODEL.RS.RANKING_POOL``).
+            ranking_loss: "rank_sort", "ap" or "alrp" (``MODEL.RS.RANKING_LOSS``).
+            alrp_sb_period: aLRP's self-balance period (``MODEL.RS.ALRP_SB_PERIOD``).
             kwargs: arguments of detectron2's :class:`RetinaNet`.
         """
         super().__init__(**kwargs)
@@ -94,6 +97,8 @@ class RSRetinaNet(RetinaNet):
         self.atss_topk = int(atss_topk)
         self.delta = delta
         self.ranking_pool = check_ranking_pool(ranking_pool)
+        self.ranking_loss = ranking_loss
+        self.self_balance = make_self_balance(ranking_loss, alrp_sb_period)
 
     @classmethod
     def from_config(cls, cfg):
@@ -102,8 +107,7 @@ class RSRetinaNet(RetinaNet):
         feature_shapes = [shapes[f] for f in cfg.MODEL.RETINANET.IN_FEATURES]
         node = cfg.MODEL.RS_RETINANET
         ret["head"] = RS_ONE_STAGE_HEAD_REGISTRY.get(node.HEAD_NAME)(cfg, feature_shapes)
-        ret.update(assigner=node.ASSIGNER, atss_topk=node.ATSS_TOPK, delta=cfg.MODEL.RS.DELTA,
-                   ranking_pool=cfg.MODEL.RS.RANKING_POOL)
+        ret.update(assigner=node.ASSIGNER, atss_topk=node.ATSS_TOPK, **ranking_loss_args(cfg))
         warn_ignored_keys(cfg, IGNORED_RETINANET_KEYS, "RSRetinaNet",
                           "it trains with RS Loss and balanced GIoU")
         return ret
@@ -151,12 +155,13 @@ class RSRetinaNet(RetinaNet):
         out = rs_head_losses(
             logits.reshape(-1, num_classes), (~valid).reshape(-1),
             image_idx * num_anchors + anchor_idx, pos_classes, pred_boxes, matched_gt, self.delta,
-            ranking_pool=self.ranking_pool)
+            ranking_pool=self.ranking_pool, ranking_loss=self.ranking_loss,
+            self_balance=self.self_balance)
 
         storage = get_event_storage()
         storage.put_scalar("num_pos_anchors", pos.sum().item() / num_images)
         storage.put_scalar("box_balance", out.box_balance)
-        return {"loss_rank": out.rank, "loss_sort": out.sort, "loss_box": out.box}
+        return out.named("loss_")
 
     def _decode_per_level_predictions(self, anchors: Boxes, pred_scores: Tensor,
                                       pred_deltas: Tensor, score_thresh: float,
