@@ -152,7 +152,8 @@ if REPO not in sys.path:
 from benchmarks.compare.driver import Driver  # noqa: E402
 from benchmarks.compare.estimate import estimate_text, hms, measured_rates  # noqa: E402
 from benchmarks.compare.layout import (  # noqa: E402
-    DATASETS, DEFAULT_LRS, DEFAULT_MAX_ITER, DEFAULT_OUTPUT_DIR, PAIRS, REGIMES, config_for,
+    DATASETS, DEFAULT_LRS, DEFAULT_MAX_ITER, DEFAULT_OUTPUT_DIR, DEFAULT_PAIRS, PAIRS, REGIMES,
+    config_for,
     default_output_dir, pair_sides)
 from benchmarks.compare.planner import Planner, plan_text  # noqa: E402
 from benchmarks.compare.report import write_report  # noqa: E402
@@ -173,7 +174,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "pretrained: those of the same names in configs/Synthetic/pretrained/ "
                         "(pretrained, frozen-BN backbone). Default scratch")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    p.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    p.add_argument("--pairs", nargs="+", default=list(DEFAULT_PAIRS), choices=list(PAIRS),
+                   help="faster, mask, atss: RS vs detectron2's stock models (the default); "
+                        "ranking: RS-ATSS vs ATSS with AP Loss and with aLRP Loss")
     p.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER,
                    help=f"schedule length of every run (default {DEFAULT_MAX_ITER}; 2x: 2000)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2],
@@ -187,6 +190,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--lrs-stock-gn", type=float, nargs="+", default=None, metavar="LR",
                    help="learning-rate grid of detectron2's RetinaNet with GN head (side "
                         "stock_gn of the atss pair; default: that of --lrs-stock)")
+    p.add_argument("--lrs-ap", type=float, nargs="+", default=None, metavar="LR",
+                   help="learning-rate grid of ATSS with AP Loss (side ap of the ranking pair; "
+                        "default: that of --lrs-rs)")
+    p.add_argument("--lrs-alrp", type=float, nargs="+", default=None, metavar="LR",
+                   help="learning-rate grid of ATSS with aLRP Loss (side alrp of the ranking "
+                        "pair; default: that of --lrs-rs)")
     p.add_argument("--holdout-fraction", type=float, default=0.2,
                    help="share of the train split held out for choosing the learning rate")
     p.add_argument("--curve-points", type=int, default=4,
@@ -216,7 +225,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.max_iter < 1 or args.curve_points < 1:
         p.error("--max-iter and --curve-points must be >= 1")
     args.lrs = dict(rs=args.lrs_rs, stock=args.lrs_stock,
-                    stock_gn=args.lrs_stock if args.lrs_stock_gn is None else args.lrs_stock_gn)
+                    stock_gn=args.lrs_stock if args.lrs_stock_gn is None else args.lrs_stock_gn,
+                    ap=args.lrs_rs if args.lrs_ap is None else args.lrs_ap,
+                    alrp=args.lrs_rs if args.lrs_alrp is None else args.lrs_alrp)
     if args.output_dir is None:
         args.output_dir = default_output_dir(args.regime, args.max_iter)
     return args

@@ -22,8 +22,9 @@ CONFIG_DIRS: Dict[str, str] = OrderedDict(
     pretrained="configs/Synthetic/pretrained",
 )
 REGIMES = tuple(CONFIG_DIRS)
-# Run (and report) order of the models of a pair: the stock models, then RS.
-SIDES = ("stock", "stock_gn", "rs")
+# Run (and report) order of the models of a pair: the stock models (or the other ranking
+# losses), then RS.
+SIDES = ("stock", "stock_gn", "ap", "alrp", "rs")
 # pair -> side -> config name stem; a dataset's files add its suffix ("" or "_hard"), in
 # the regime's folder of CONFIG_DIRS.
 _PAIR_STEMS = OrderedDict(
@@ -31,6 +32,8 @@ _PAIR_STEMS = OrderedDict(
     mask=OrderedDict(stock="mask_rcnn_R_18_FPN", rs="rs_mask_rcnn_R_18_FPN"),
     atss=OrderedDict(stock="retinanet_R_18_FPN", stock_gn="retinanet_gn_R_18_FPN",
                      rs="rs_atss_R_18_FPN"),
+    # the ranking losses of the RS family on the same one-stage detector (MODEL.RS.RANKING_LOSS)
+    ranking=OrderedDict(ap="ap_atss_R_18_FPN", alrp="alrp_atss_R_18_FPN", rs="rs_atss_R_18_FPN"),
 )
 
 
@@ -47,7 +50,9 @@ DATASETS: Dict[str, Dict[str, Any]] = OrderedDict(
     rs_synthetic_hard=dict(train="rs_synthetic_hard_train", val="rs_synthetic_hard_val",
                            cfg_key="DATASETS.RS_SYNTHETIC_HARD", pairs=_pair_configs("_hard")),
 )
-PAIRS = ("faster", "mask", "atss")
+PAIRS = ("faster", "mask", "atss", "ranking")
+# What runs without --pairs: the comparisons with detectron2's stock models.
+DEFAULT_PAIRS = ("faster", "mask", "atss")
 MODEL_NAMES = {
     ("faster", "stock"): "Faster R-CNN (detectron2)",
     ("faster", "rs"): "RS-Faster R-CNN",
@@ -56,6 +61,9 @@ MODEL_NAMES = {
     ("atss", "stock"): "RetinaNet (detectron2)",
     ("atss", "stock_gn"): "RetinaNet with GN head (detectron2)",
     ("atss", "rs"): "RS-ATSS",
+    ("ranking", "ap"): "ATSS with AP Loss",
+    ("ranking", "alrp"): "ATSS with aLRP Loss",
+    ("ranking", "rs"): "RS-ATSS",
 }
 # Learning-rate grids; stock_gn defaults to the stock grid (--lrs-stock).
 DEFAULT_LRS = {"rs": (0.01, 0.02, 0.03), "stock": (0.01, 0.03, 0.06)}
