@@ -1,6 +1,6 @@
-"""MODEL.RS.RANKING_POOL "global" in the RS heads: RS-Mask R-CNN trained on 2 gloo
-processes x 2 images gives the losses, balance coefficients and (DDP-averaged) gradients of
-1 process x 4 images; "process" does not."""
+"""MODEL.RS.RANKING_POOL "global" in the RS heads: RS-Mask R-CNN and RS-ATSS trained on 2
+gloo processes x 2 images give the losses, balance coefficients and (DDP-averaged)
+gradients of 1 process x 4 images; "process" does not."""
 import os
 import tempfile
 
@@ -19,14 +19,16 @@ from rs_detectron2.engine import RSTrainer
 from .test_ranking_pool import _free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "Synthetic", "pretrained", "rs_mask_rcnn_R_18_FPN.yaml")
-BALANCES = ("rpn/box_balance", "roi_head/box_balance", "roi_head/mask_balance")
+CONFIGS = {name: os.path.join(ROOT, "configs", "Synthetic", "pretrained", f"rs_{name}_R_18_FPN.yaml")
+           for name in ("mask_rcnn", "atss")}
+BALANCES = {"mask_rcnn": ("rpn/box_balance", "roi_head/box_balance", "roi_head/mask_balance"),
+            "atss": ("box_balance",)}
 
 
-def _model(pool):
+def _model(name, pool):
     cfg = get_cfg()
     add_rs_config(cfg)
-    cfg.merge_from_file(CONFIG)
+    cfg.merge_from_file(CONFIGS[name])
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.RS.RANKING_POOL = pool
@@ -56,22 +58,22 @@ def _batch():
     return batch
 
 
-def _step(model, inputs):
+def _step(name, model, inputs):
     model.zero_grad()
     with EventStorage() as storage:
         losses = model(inputs)
         sum(losses.values()).backward()
-        balances = {k: storage.latest()[k][0] for k in BALANCES}
+        balances = {k: storage.latest()[k][0] for k in BALANCES[name]}
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return {k: float(v) for k, v in losses.items()}, balances, grads
 
 
-def _worker(rank, world, port, path, pool):
+def _worker(rank, world, port, path, name, pool):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     torch.set_num_threads(1)
     batch = _batch()
-    losses, balances, grads = _step(_model(pool), batch[2 * rank: 2 * rank + 2])
+    losses, balances, grads = _step(name, _model(name, pool), batch[2 * rank: 2 * rank + 2])
     for g in grads.values():  # what DistributedDataParallel does: the mean over processes
         dist.all_reduce(g)
         g /= world
@@ -79,25 +81,25 @@ def _worker(rank, world, port, path, pool):
     dist.destroy_process_group()
 
 
-def _two_processes(pool):
+def _two_processes(name, pool):
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "out")
-        mp.spawn(_worker, args=(2, _free_port(), path, pool), nprocs=2, join=True)
+        mp.spawn(_worker, args=(2, _free_port(), path, name, pool), nprocs=2, join=True)
         return [torch.load(f"{path}.{r}") for r in range(2)]
 
 
-@pytest.fixture(scope="module")
-def one_process():
-    return _step(_model("global"), _batch())
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def one_process(request):
+    return request.param, _step(request.param, _model(request.param, "global"), _batch())
 
 
 def test_global_pool_on_two_processes_is_one_process_with_all_images(one_process):
-    losses, balances, grads = one_process
-    for rank_losses, rank_balances, rank_grads in _two_processes("global"):
+    name, (losses, balances, grads) = one_process
+    for rank_losses, rank_balances, rank_grads in _two_processes(name, "global"):
         assert sorted(rank_losses) == sorted(losses)
         for k in losses:
             assert rank_losses[k] == pytest.approx(losses[k], abs=1e-6), k
-        for k in BALANCES:
+        for k in BALANCES[name]:
             assert rank_balances[k] == pytest.approx(balances[k], rel=1e-6), k  # float32 model
         assert sorted(rank_grads) == sorted(grads)
         worst = max(float((rank_grads[n] - grads[n]).abs().max() / grads[n].abs().max().clamp(min=1e-3))
@@ -108,6 +110,6 @@ def test_global_pool_on_two_processes_is_one_process_with_all_images(one_process
 
 def test_process_pool_on_two_processes_differs(one_process):
     """The control: the published per-process pool trains another loss on 2 x 2 images."""
-    losses, _, _ = one_process
-    rank_losses = _two_processes("process")[0][0]
-    assert max(abs(rank_losses[k] - losses[k]) for k in ("loss_rpn_rank", "loss_roi_rank")) > 1e-4
+    name, (losses, _, _) = one_process
+    rank_losses = _two_processes(name, "process")[0][0]
+    assert max(abs(rank_losses[k] - losses[k]) for k in losses if k.endswith("rank")) > 1e-4
