@@ -99,7 +99,9 @@ def _header(results: Sequence[dict]) -> List[str]:
     """Title, regime, machine, versions, schedule and time of all the runs."""
     regimes = sorted({setting(r, "regime") for r in results})
     max_iters = sorted({r["max_iter"] for r in results})
-    title = "# RS detectors vs detectron2's stock detectors"
+    pairs = {r["pair"] for r in results}
+    title = ("# RS Loss vs the other ranking losses (AP Loss, aLRP Loss)" if pairs == {"ranking"}
+             else "# RS detectors vs detectron2's stock detectors")
     if results:
         title += (f" ({' / '.join(regimes)} regime, "
                   f"{' / '.join(str(n) for n in max_iters)} iterations)")
