@@ -1,4 +1,4 @@
-"""Rank & Sort (RS) Loss, exact and sub-quadratic in the number of negatives.
+"""Rank & Sort (RS) Loss, exact and sub-quadratic in the number of negatives and positives.
 
 RS Loss (Oksuz et al., ICCV 2021) trains a classifier to rank every positive above
 every negative (ranking error) and to sort the positives by their localisation
@@ -7,17 +7,21 @@ defined rather than derived: the paper's Algorithm 1, restated in :func:`rank_so
 and checked against a float64 loop in ``tests/rank_sort_reference.py``.
 
 The published implementation loops over positives in Python, touching every relevant
-negative each time (O(|P|·|N|) work). Here everything that involves negatives is
-computed at once, exactly, from the sorted positive scores: the step function H is
-piecewise linear, so each negative counts fully for a prefix of the sorted positives
-and on a linear ramp for the next range of them. A binary search finds both ranges;
-difference arrays over the positives give every FP(i), and prefix sums over the
-positives give every negative's gradient. Only the positive-vs-positive sorting part
-is quadratic in |P|, and it is processed in row blocks of bounded size.
+negative each time (O(|P|·|N|) work). Here everything is computed at once, exactly. The
+step function H is piecewise linear, so among the sorted positives each negative counts
+fully for a prefix and on a linear ramp for the next range; what matters of a negative
+is only which of the 2|P| + 1 intervals between the ramp ends s_i ± δ its score falls in
+(its *bin*). One pass over the logits finds every negative's bin (a table look-up on a
+uniform grid on the CPU, a binary search on accelerators) and histograms the bins (count
+and sum of scores, in float64); every FP(i) then comes from prefix sums over the bins,
+and every negative's gradient is a linear function of its score within its bin, read
+from a table. The positive-vs-positive sorting part, which compares both scores and
+IoUs, is a two-dimensional dominance sum; it is computed on a merge-sort tree over the
+IoU order (O(|P| log² |P|)), or densely for few positives.
 
 This module does not import detectron2, so the loss can be used on its own.
 """
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -25,12 +29,20 @@ from torch import Tensor, nn
 __all__ = ["rank_sort_loss", "RankSortLoss"]
 
 _EPS = 1e-10
-# Entries of the logits scanned at once for negatives: small on CPU (bounded temporaries,
-# same speed), large on accelerators (fewer kernel launches).
-_NEGATIVE_CHUNK_CPU = 1 << 16
-_NEGATIVE_CHUNK_ACCELERATOR = 1 << 22
-# Entries of one positive x positive block of the sorting part.
+# Entries of the logits scanned at once for negatives. One scan holds about 30 bytes of
+# temporaries an entry; a training batch fits in one scan, and larger inputs are split.
+_NEGATIVE_CHUNK_CPU = 1 << 24
+_NEGATIVE_CHUNK_ACCELERATOR = 1 << 26
+# Entries of one positive x positive block of the dense sorting part.
 _PAIR_BLOCK = 1 << 22
+# Positives up to which the sorting part is computed densely (O(|P|²), few kernel
+# launches); above, on the merge-sort tree (O(|P| log² |P|)).
+_DENSE_SORTING_MAX = 128
+# The CPU bin look-up: grid cells per bin edge, the most edges one cell may hold (one
+# comparison each), and the most cells.
+_GRID_CELLS_PER_EDGE = 16
+_GRID_MAX_EDGES_PER_CELL = 3
+_GRID_MAX_CELLS = 1 << 22
 
 
 def _step(diff: Tensor, delta: float) -> Tensor:
@@ -45,6 +57,8 @@ def _negative_windows(x: Tensor, sorted_pos: Tensor, delta: float) -> Tuple[Tens
 
     A negative counts fully (H = 1) for the positives ``[0, a)`` and on the linear ramp
     for the positives ``[a, b)``; it does not count for the rest. For δ = 0, ``a == b``.
+    (The loss itself works with bins, see :class:`_RelevantNegatives`; this helper is
+    kept for callers that want the windows of a few scores.)
     """
     if delta > 0:
         a = torch.searchsorted(sorted_pos, x - delta, right=True, out_int32=True)
@@ -54,89 +68,208 @@ def _negative_windows(x: Tensor, sorted_pos: Tensor, delta: float) -> Tuple[Tens
     return a, a
 
 
-class _RelevantNegatives:
-    """The relevant negatives, scanned chunk by chunk, with their windows among the positives.
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Scores are compared in float64 for float64 logits and in float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
-    Relevant negatives are those with s_j >= min_P s - δ; any other negative has H = 0 for
-    every positive. The windows are found once and reused for the gradient pass.
+
+class _BinGrid:
+    """Finds bins by table look-up: e(x) = #{edges <= x} for many scores x at once.
+
+    A uniform grid of cells covers [edges[0], edges[-1]]. The cell of a score is computed
+    by the same floating-point operations for the edges and for the scores, and these are
+    monotonic, so an edge in an earlier (later) cell is <= x (> x). Hence
+    e(x) = T[cell] + #{edges in the cell that are <= x}, with T[c] the number of edges in
+    the cells before c, and a cell holds at most ``max_per_cell`` distinct edges: a few
+    comparisons replace a binary search. Cell 0 holds no edge and gives bin 0.
+    """
+
+    def __init__(self, edges: Tensor, cells: int, max_per_cell: int):
+        self.lo = float(edges[0])
+        span = float(edges[-1]) - self.lo
+        self.cells = cells
+        self.scale = cells / span if span > 0 else 1.0
+        edge_cells = self.cell_of(edges)
+        load = torch.bincount(edge_cells, minlength=cells + 2)
+        self.per_cell = int(load.max())
+        self.usable = self.per_cell <= max_per_cell
+        if not self.usable:
+            return
+        before = (load.cumsum(0) - load).to(torch.int32)
+        inf = edges.new_full((self.per_cell,), float("inf"))
+        padded = torch.cat([edges, inf])
+        # Candidate k of cell c: the (k+1)-th edge from the cell's start; an edge of a
+        # later cell is > every score of cell c, so the comparison is simply false.
+        self.first = before
+        self.candidates = []
+        for k in range(self.per_cell):
+            cand = padded[(before.long() + k).clamp_(max=padded.numel() - 1)]
+            cand[0] = float("inf")  # cell 0: no edge, and the cell of all non-negatives
+            self.candidates.append(cand)
+
+    def cell_of(self, x: Tensor, excluded: Optional[Tensor] = None) -> Tensor:
+        t = torch.sub(x, self.lo).mul_(self.scale).add_(1.0)
+        if excluded is not None:
+            t.masked_fill_(excluded, 0.0)
+        return t.clamp_(0.0, self.cells + 1.0).to(torch.int32)
+
+    def bins(self, x: Tensor, excluded: Tensor) -> Tensor:
+        cell = self.cell_of(x, excluded)
+        e = self.first.index_select(0, cell)
+        for cand in self.candidates:
+            e.add_(x >= cand.index_select(0, cell))
+        return e
+
+
+def _make_bin_grid(edges: Tensor) -> Optional[_BinGrid]:
+    """A grid fine enough that no cell holds more than a few edges, or None if the edges
+    are too clustered for any grid of bounded size (then bins come from binary search)."""
+    cells = max(64, _GRID_CELLS_PER_EDGE * edges.numel())
+    while True:
+        cells = min(cells, _GRID_MAX_CELLS)
+        grid = _BinGrid(edges, cells, _GRID_MAX_EDGES_PER_CELL)
+        if grid.usable:
+            return grid
+        if cells >= _GRID_MAX_CELLS:
+            return None
+        cells *= 4
+
+
+class _RelevantNegatives:
+    """The negatives, placed in bins among the ramp ends of the positives, in one scan.
+
+    The bin edges are the distinct values of s_i - δ and s_i + δ over the positives (of
+    s_i for δ = 0), sorted; a negative with score x is in bin e = #{edges <= x}, and every
+    other entry (positives, ignored entries) in bin 0, as are the irrelevant negatives
+    (s_j < min_P s - δ): bin 0 takes no part in anything. Relevant negatives are those in
+    bins >= 1; they are counted in ``count``. Per bin the scan keeps the number of
+    negatives and the sum of their scores (float64); per entry it keeps the bin (int32),
+    which the gradient pass reuses. Scores are compared in the logits' precision
+    (float32 unless float64): a score that ties an edge up to rounding may land in the
+    neighbouring bin, where H takes the same value up to that rounding (H is continuous).
     """
 
     def __init__(self, logits: Tensor, targets: Tensor, sorted_pos: Tensor, delta: float):
         self.logits = logits
         self.delta = delta
-        threshold = sorted_pos[0].item() - delta
-        self.chunks = []
-        self.count = 0
+        self.dtype = _compute_dtype(logits.dtype)
+        s = sorted_pos.to(torch.float64)
+        if delta > 0:
+            lower = (s - delta).to(self.dtype)
+            upper = (s + delta).to(self.dtype)
+            self.edges = torch.unique(torch.cat([lower, upper]))  # sorted
+        else:
+            lower = upper = s.to(self.dtype)
+            self.edges = torch.unique(lower)
+        num_bins = self.edges.numel() + 1
+        # Positive i sees fully the bins > upper_bin[i], on its ramp the bins
+        # (lower_bin[i], upper_bin[i]], and not at all the bins <= lower_bin[i].
+        self.lower_bin = torch.searchsorted(self.edges, lower)
+        self.upper_bin = torch.searchsorted(self.edges, upper)
+        on_cpu = logits.device.type == "cpu"
+        grid = _make_bin_grid(self.edges) if on_cpu else None
+        counts = torch.zeros(num_bins, dtype=torch.int64, device=logits.device)
+        sums = torch.zeros(num_bins, dtype=torch.float64, device=logits.device)
+        self.chunks: List[Tuple[slice, Tensor]] = []
         total = logits.numel()
-        chunk = _NEGATIVE_CHUNK_CPU if logits.device.type == "cpu" else _NEGATIVE_CHUNK_ACCELERATOR
+        chunk = _NEGATIVE_CHUNK_CPU if on_cpu else _NEGATIVE_CHUNK_ACCELERATOR
         for start in range(0, total, chunk):
             part = slice(start, min(start + chunk, total))
-            scores = logits[part]
-            mask = (targets[part] == 0) & (scores >= threshold)
-            x = scores[mask].double()
-            if x.numel() == 0:
-                continue
-            self.count += x.numel()
-            self.chunks.append((part, mask) + _negative_windows(x, sorted_pos, delta))
+            x = logits[part].to(self.dtype)
+            excluded = targets[part] != 0
+            if grid is not None:
+                e = grid.bins(x, excluded)
+            else:
+                e = torch.searchsorted(self.edges, x, right=True, out_int32=True)
+                e.masked_fill_(excluded, 0)
+            counts += torch.bincount(e, minlength=num_bins)
+            if delta > 0:
+                sums += torch.bincount(e, weights=x.to(torch.float64), minlength=num_bins)
+            self.chunks.append((part, e))
+        self.bin_counts = counts.to(torch.float64)
+        self.bin_sums = sums
+        self.count = int(counts[1:].sum())
 
     def __iter__(self):
-        """Yield (flat slice, mask within it, float64 scores, a, b) for every chunk."""
-        for part, mask, a, b in self.chunks:
-            yield part, mask, self.logits[part][mask].double(), a, b
+        """Yield (flat slice, scores in the compare precision, bins) for every chunk."""
+        for part, e in self.chunks:
+            yield part, self.logits[part].to(self.dtype), e
 
 
 def _false_positive_mass(negatives: _RelevantNegatives, sorted_pos: Tensor) -> Tensor:
     """FP(i) = sum_j H(s_j - s_i) over the relevant negatives, for every sorted positive i."""
-    num_pos = sorted_pos.numel()
+    s = sorted_pos.to(torch.float64)
+    zero = s.new_zeros(1)
+    count_prefix = torch.cat([zero, negatives.bin_counts.cumsum(0)])  # [k]: bins < k
+    total = count_prefix[-1]
+    fp = total - count_prefix[negatives.upper_bin + 1]  # bins > upper_bin: fully counted
     delta = negatives.delta
-    opts = dict(dtype=torch.float64, device=sorted_pos.device)
-    starts = torch.zeros(num_pos + 1, **opts)  # negatives whose ramp starts at positive k
-    ends = torch.zeros(num_pos + 1, **opts)  # negatives whose ramp ends at positive k
-    start_c = torch.zeros(num_pos + 1, **opts)  # sum of x/2δ + 1/2 over those starting at k
-    end_c = torch.zeros(num_pos + 1, **opts)
-    for _, _, x, a, b in negatives:
-        ones = torch.ones_like(x)
-        starts.index_add_(0, a, ones)
-        if delta > 0:
-            c = x / (2.0 * delta) + 0.5
-            ends.index_add_(0, b, ones)
-            start_c.index_add_(0, a, c)
-            end_c.index_add_(0, b, c)
-    started = starts.cumsum(0)[:num_pos]
-    fp = negatives.count - started  # negatives with a_j > i count fully
     if delta > 0:
-        on_ramp = started - ends.cumsum(0)[:num_pos]
-        ramp_c = start_c.cumsum(0)[:num_pos] - end_c.cumsum(0)[:num_pos]
-        ramp = ramp_c - sorted_pos / (2.0 * delta) * on_ramp
+        sum_prefix = torch.cat([zero, negatives.bin_sums.cumsum(0)])
+        first, last = negatives.lower_bin + 1, negatives.upper_bin + 1
+        on_ramp = count_prefix[last] - count_prefix[first]
+        ramp_sum = sum_prefix[last] - sum_prefix[first]
+        ramp = (ramp_sum - s * on_ramp) / (2.0 * delta) + 0.5 * on_ramp
         # An empty ramp is exactly 0; do not let prefix-sum rounding make it otherwise.
         fp = fp + torch.where(on_ramp > 0.5, ramp, torch.zeros_like(ramp)).clamp_(min=0.0)
     return fp
 
 
+def _gradient_tables(negatives: _RelevantNegatives, sorted_pos: Tensor, weight: Tensor):
+    """Per bin e >= 1, the negative gradient g(x) = sum_i weight_i · H(x - s_i) is linear in
+    x: g(x) = A[e] + B[e] · (x - L[e]), L[e] the bin's lower edge (both terms >= 0, so no
+    cancellation). Bin 0 gets A = B = 0. Returned in the compare precision."""
+    s = sorted_pos.to(torch.float64)
+    w = weight.to(torch.float64)
+    num_bins = negatives.edges.numel() + 1
+    delta = negatives.delta
+    first, last = negatives.lower_bin + 1, negatives.upper_bin + 1
+
+    def starting(index, values):  # sum of values over the positives whose range starts at bin e
+        return torch.bincount(index, weights=values, minlength=num_bins + 1)[:num_bins]
+
+    full = starting(last, w).cumsum(0)  # positives that see bin e fully
+    if delta <= 0:
+        return full.to(negatives.dtype), None, None
+    ramp_w = (starting(first, w) - starting(last, w)).cumsum(0)
+    moment = w * (0.5 - s / (2.0 * delta))
+    ramp_m = (starting(first, moment) - starting(last, moment)).cumsum(0)
+    lower_edge = torch.cat([s.new_zeros(1), negatives.edges.to(torch.float64)])
+    a = full + (ramp_m + ramp_w * lower_edge / (2.0 * delta)).clamp_(min=0.0)
+    b = ramp_w / (2.0 * delta)
+    a[0] = 0.0
+    b[0] = 0.0
+    dtype = negatives.dtype
+    return a.to(dtype), b.to(dtype), lower_edge.to(dtype)
+
+
+def _negative_gradient_chunks(negatives: _RelevantNegatives, sorted_pos: Tensor, weight: Tensor):
+    """Yield (flat slice, bins, g) with g_j = sum_i weight_i · H(s_j - s_i) for every entry of
+    the chunk (exactly 0 in bin 0)."""
+    a, b, lower_edge = _gradient_tables(negatives, sorted_pos, weight)
+    for part, x, e in negatives:
+        g = a.index_select(0, e)
+        if b is not None:
+            offset = torch.sub(x, lower_edge.index_select(0, e))
+            g.addcmul_(b.index_select(0, e), offset)
+        yield part, e, g
+
+
 def _scatter_negative_gradient(
     grad: Tensor, negatives: _RelevantNegatives, sorted_pos: Tensor, weight: Tensor
 ) -> None:
-    """Write g_j = sum_i weight_i · H(s_j - s_i) for every relevant negative j into ``grad``."""
-    delta = negatives.delta
-    zero = sorted_pos.new_zeros(1)
-    w_prefix = torch.cat([zero, weight.cumsum(0)])
-    ws_prefix = torch.cat([zero, (weight * sorted_pos).cumsum(0)])
-    for part, mask, x, a, b in negatives:
-        g = w_prefix[a]
-        if delta > 0:
-            ramp_w = w_prefix[b] - g
-            ramp_ws = ws_prefix[b] - ws_prefix[a]
-            g = g + (x / (2.0 * delta) + 0.5) * ramp_w - ramp_ws / (2.0 * delta)
-        grad[part][mask] = g.to(grad.dtype)
+    """Write g_j = sum_i weight_i · H(s_j - s_i) for every relevant negative j into ``grad``
+    (a flat tensor over the logits); every other entry is left as it is."""
+    for part, e, g in _negative_gradient_chunks(negatives, sorted_pos, weight):
+        view = grad[part]
+        view.copy_(torch.where(e > 0, g.to(grad.dtype), view))
 
 
-def _sorting_terms(
+def _sorting_terms_dense(
     sorted_pos: Tensor, sorted_iou: Tensor, delta: float, need_grad: bool
 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """rank⁺(i), the sorting error e_S(i) and its Identity-Update gradient over the positives.
-
-    Processes the |P| x |P| comparisons in row blocks of at most ``_PAIR_BLOCK`` entries.
-    """
+    """:func:`_sorting_terms` on the |P| x |P| comparisons, in row blocks of at most
+    ``_PAIR_BLOCK`` entries."""
     num_pos = sorted_pos.numel()
     rank_pos = torch.empty_like(sorted_pos)
     sort_err = torch.empty_like(sorted_pos)
@@ -162,6 +295,128 @@ def _sorting_terms(
             coef = torch.where(active, err / denom.clamp(min=_EPS), torch.zeros_like(err))
             grad += coef @ h_mis
     return rank_pos, sort_err, grad
+
+
+class _PrefixTree:
+    """A merge-sort tree over points 0..P-1 (the positives in score order), arranged by
+    ``order`` (a permutation: the positives' places in the IoU order).
+
+    ``window_sums`` answers, for many queries at once, sums of point weights over the
+    points whose place is < q (a prefix of the IoU order) and whose index lies below,
+    inside or above a window [lo, hi) of the score order. The prefix [0, q) is the union
+    of one aligned block of 2^L places for every set bit L of q; level L of the tree
+    holds every block of 2^L places with its points sorted by index, so each (query,
+    level) pair is two binary searches and differences of prefix sums.
+    """
+
+    def __init__(self, order: Tensor):
+        num = order.numel()
+        self.num = num
+        self.levels = torch.arange(max(1, num.bit_length()), device=order.device)
+        block = order[None, :] >> self.levels[:, None]
+        index = torch.arange(num, device=order.device)
+        keys, self.points = (block * num + index).sort(dim=1)  # per level: by block, then index
+        # One increasing sequence over all levels, for a flat binary search.
+        self.keys = (keys + self.levels[:, None] * (num * num)).reshape(-1)
+
+    def window_sums(self, weights: Tensor, q: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+        """(P, 3, C) sums of ``weights`` (P, C) over the points with place < q[i] and
+        index < lo[i], in [lo[i], hi[i]), >= hi[i], for every query i."""
+        num, cols = self.num, weights.shape[1]
+        nlev = self.levels.numel()
+        prefix = weights[self.points.reshape(-1)].reshape(nlev, num, cols).cumsum(1)
+        prefix = torch.cat([prefix.new_zeros(nlev, 1, cols), prefix], 1).reshape(-1, cols)
+        query, level = (((q[:, None] >> self.levels[None, :]) & 1) > 0).nonzero(as_tuple=True)
+        block = (q[query] >> level) - 1  # even: the block [block·2^L, (block+1)·2^L)
+        base = level * (num * num) + block * num
+        row = level * (num + 1)  # where level L starts in ``prefix``
+        start = row + (block << level)
+        end = start + (1 << level)
+        at_lo = row + torch.searchsorted(self.keys, base + lo[query]) - level * num
+        at_hi = row + torch.searchsorted(self.keys, base + hi[query]) - level * num
+        parts = torch.stack(
+            [prefix[at_lo] - prefix[start], prefix[at_hi] - prefix[at_lo], prefix[end] - prefix[at_hi]],
+            1,
+        )
+        out = weights.new_zeros(q.numel(), 3, cols)
+        return out.index_add_(0, query, parts)
+
+
+def _sorting_terms_tree(
+    sorted_pos: Tensor, sorted_iou: Tensor, delta: float, need_grad: bool
+) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """:func:`_sorting_terms` in O(|P| log² |P|): the sums over all positives are prefix
+    sums in score order; those over Mis(i) (lower IoU) are dominance sums on a
+    :class:`_PrefixTree` over the IoU order."""
+    num_pos = sorted_pos.numel()
+    s = sorted_pos - sorted_pos.mean()  # centred: H depends on differences only
+    y = sorted_iou
+    two_delta = 2.0 * delta
+    # Score windows of every positive i: H(s_k - s_i) is 0 for k < lo, on the ramp for
+    # lo <= k < hi, 1 for k >= hi (δ = 0: 1 for k >= lo = hi).
+    if delta > 0:
+        lo = torch.searchsorted(s, s - delta, right=True)
+        hi = torch.searchsorted(s, s + delta, right=False)
+    else:
+        lo = hi = torch.searchsorted(s, s, right=False)
+
+    def seen(sums, col):  # sum_k w_k H(s_k - s_i) from (below, ramp, above) sums
+        total = sums[:, 2, col]
+        if delta > 0:
+            ramp_w, ramp_ws = sums[:, 1, col], sums[:, 1, col + 1]
+            total = total + (ramp_ws - s * ramp_w) / two_delta + 0.5 * ramp_w
+        return total
+
+    one_minus_iou = 1.0 - y
+    weights = torch.stack([torch.ones_like(s), s, one_minus_iou, one_minus_iou * s], 1)
+    prefix = torch.cat([weights.new_zeros(1, 4), weights.cumsum(0)])
+    every = torch.stack([prefix[lo], prefix[hi] - prefix[lo], prefix[-1] - prefix[hi]], 1)
+    rank_pos = seen(every, 0)  # rank⁺(i)
+    current_num = seen(every, 2)  # sum_k H (1 - y_k)
+
+    iou_order = torch.argsort(y, stable=True)
+    place = torch.empty_like(iou_order)
+    place[iou_order] = torch.arange(num_pos, device=s.device)
+    sorted_y = y[iou_order]
+    tree = _PrefixTree(place)
+    below_q = torch.searchsorted(sorted_y, y, right=False)  # |Mis(i)| = #{k : y_k < y_i}
+    mis = tree.window_sums(weights, below_q, lo, hi)
+    mis_h = seen(mis, 0)  # D(i)
+    mis_num = seen(mis, 2)
+    current = current_num / rank_pos
+    target = (current_num - mis_num) / (rank_pos - mis_h)  # over T(i) = P \ Mis(i)
+    sort_err = current - target
+    if not need_grad:
+        return rank_pos, sort_err, None
+
+    active = mis_h > _EPS
+    zero = torch.zeros_like(sort_err)
+    grad = -torch.where(active, sort_err, zero)
+    coef = torch.where(active, sort_err / mis_h.clamp(min=_EPS), zero)
+    # g_k += sum over the positives i with y_i > y_k of coef_i · H(s_k - s_i): as a
+    # function of i, H(s_k - s_i) is 1 for i < lo'_k and on the ramp for lo'_k <= i < hi_k.
+    lo_k = lo if delta > 0 else torch.searchsorted(s, s, right=True)
+    hi_k = hi if delta > 0 else lo_k
+    give = torch.stack([coef, coef * s], 1)
+    prefix = torch.cat([give.new_zeros(1, 2), give.cumsum(0)])
+    every = torch.stack([prefix[lo_k], prefix[hi_k] - prefix[lo_k], prefix[-1] - prefix[hi_k]], 1)
+    not_above = torch.searchsorted(sorted_y, y, right=True)  # #{i : y_i <= y_k}
+    given = every - tree.window_sums(give, not_above, lo_k, hi_k)  # over y_i > y_k
+    received = given[:, 0, 0]
+    if delta > 0:
+        ramp_c, ramp_cs = given[:, 1, 0], given[:, 1, 1]
+        received = received + (0.5 + s / two_delta) * ramp_c - ramp_cs / two_delta
+    return rank_pos, sort_err, grad + received
+
+
+def _sorting_terms(
+    sorted_pos: Tensor, sorted_iou: Tensor, delta: float, need_grad: bool
+) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """rank⁺(i), the sorting error e_S(i) and its Identity-Update gradient over the positives
+    (float64, ascending scores)."""
+    if sorted_pos.numel() <= _DENSE_SORTING_MAX:
+        return _sorting_terms_dense(sorted_pos, sorted_iou, delta, need_grad)
+    return _sorting_terms_tree(sorted_pos, sorted_iou, delta, need_grad)
 
 
 def _rank_sort_forward(logits: Tensor, targets: Tensor, delta: float, need_grad: bool):
@@ -192,10 +447,17 @@ def _rank_sort_forward(logits: Tensor, targets: Tensor, delta: float, need_grad:
 
     has_fp = fp > _EPS
     no_update = torch.zeros_like(rank_err)
-    # Each relevant negative receives rank_err(i) · H / FP(i) = H / rank(i) from positive i.
-    weight = torch.where(has_fp, rank_err / fp.clamp(min=_EPS), no_update) / num_pos
-    g_rank = torch.zeros(logits.shape, dtype=out_dtype, device=logits.device)
-    _scatter_negative_gradient(g_rank, negatives, sorted_pos, weight)
+    if negatives.count == 0:
+        g_rank = torch.zeros(logits.shape, dtype=out_dtype, device=logits.device)
+    else:
+        # Each relevant negative receives rank_err(i) · H / FP(i) = H / rank(i) from positive i.
+        weight = torch.where(has_fp, rank_err / fp.clamp(min=_EPS), no_update) / num_pos
+        chunks = list(_negative_gradient_chunks(negatives, sorted_pos, weight))
+        if len(chunks) == 1:
+            g_rank = chunks[0][2].to(out_dtype)  # 0 on every entry that is not a negative
+        else:
+            g_rank = torch.cat([g for _, _, g in chunks]).to(out_dtype)
+        g_rank = g_rank.reshape(logits.shape)
     g_rank[pos_idx] = (-torch.where(has_fp, rank_err, no_update) / num_pos).to(out_dtype)
     return loss_rank, loss_sort, g_rank, pos_idx, (g_sort / num_pos).to(out_dtype)
 
@@ -240,12 +502,13 @@ def _check_inputs(logits: Tensor, targets: Tensor, delta: float) -> None:
         )
     if not delta >= 0:
         raise ValueError(f"rank_sort_loss: delta must be >= 0, got {delta}")
-    if logits.numel() and not bool(torch.isfinite(logits).all()):
+    # One reduction each (min and max propagate NaN), no boolean copy of the inputs.
+    if logits.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(logits))).all()):
         raise FloatingPointError(
             "rank_sort_loss: logits contain NaN or Inf; training has diverged "
             "(lower the learning rate or check the inputs)"
         )
-    if targets.numel() and bool((targets > 1).any() | torch.isnan(targets).any()):
+    if targets.numel() and not bool(targets.max() <= 1):  # False for NaN too
         raise ValueError(
             "rank_sort_loss: targets must be IoUs in (0, 1] for positives, 0 for negatives "
             "and negative (-1) for ignored entries"
