@@ -31,18 +31,19 @@ __all__ = ["rank_sort_loss", "RankSortLoss"]
 _EPS = 1e-10
 # Entries of the logits scanned at once for negatives. One scan holds about 30 bytes of
 # temporaries an entry; a training batch fits in one scan, and larger inputs are split.
-_NEGATIVE_CHUNK_CPU = 1 << 24
+_NEGATIVE_CHUNK_CPU = 1 << 20
+_PARALLEL_CHUNK_FACTOR = 1 << 4
 _NEGATIVE_CHUNK_ACCELERATOR = 1 << 26
 # Entries of one positive x positive block of the dense sorting part.
 _PAIR_BLOCK = 1 << 22
 # Positives up to which the sorting part is computed densely (O(|P|²), few kernel
 # launches); above, on the merge-sort tree (O(|P| log² |P|)).
 _DENSE_SORTING_MAX = 128
-# The CPU bin look-up: grid cells per bin edge, the most edges one cell may hold (one
-# comparison each), and the most cells.
-_GRID_CELLS_PER_EDGE = 16
-_GRID_MAX_EDGES_PER_CELL = 3
-_GRID_MAX_CELLS = 1 << 22
+# The CPU bin look-up: grid cells per bin edge, the most cells, and the most comparisons
+# per score (a cell may then hold up to 2^steps - 1 edges).
+_GRID_CELLS_PER_EDGE = 4
+_GRID_MAX_CELLS = 1 << 20
+_GRID_MAX_STEPS = 6
 
 
 def _step(diff: Tensor, delta: float) -> Tensor:
@@ -74,85 +75,109 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class _BinGrid:
-    """Finds bins by table look-up: e(x) = #{edges <= x} for many scores x at once.
+    """Finds bins by table look-up: #{edges <= x} for many scores x at once.
 
-    A uniform grid of cells covers [edges[0], edges[-1]]. The cell of a score is computed
-    by the same floating-point operations for the edges and for the scores, and these are
-    monotonic, so an edge in an earlier (later) cell is <= x (> x). Hence
-    e(x) = T[cell] + #{edges in the cell that are <= x}, with T[c] the number of edges in
-    the cells before c, and a cell holds at most ``max_per_cell`` distinct edges: a few
-    comparisons replace a binary search. Cell 0 holds no edge and gives bin 0.
+    A uniform grid of cells covers the edges. The cell of a score is computed by the same
+    floating-point operations for the edges and for the scores, and these are monotonic,
+    so an edge in an earlier (later) cell is <= x (> x). Hence #{edges <= x} =
+    #{edges in the cells before x's} + #{edges in x's cell that are <= x}. A cell holds at
+    most 2^steps - 1 edges, and a branchless binary search of ``steps`` comparisons
+    against the small sorted edge array counts them. The result is offset by
+    ``offset`` = 2^steps - 1 (the edges sit after that many +inf, which the search of a
+    score below the grid starts in), so bin 0 stays free for the entries that take no
+    part.
     """
 
-    def __init__(self, edges: Tensor, cells: int, max_per_cell: int):
-        self.lo = float(edges[0])
-        span = float(edges[-1]) - self.lo
+    def __init__(self, edges: Tensor, cells: int):
         self.cells = cells
-        self.scale = cells / span if span > 0 else 1.0
-        edge_cells = self.cell_of(edges)
-        load = torch.bincount(edge_cells, minlength=cells + 2)
-        self.per_cell = int(load.max())
-        self.usable = self.per_cell <= max_per_cell
-        if not self.usable:
-            return
-        before = (load.cumsum(0) - load).to(torch.int32)
-        inf = edges.new_full((self.per_cell,), float("inf"))
-        padded = torch.cat([edges, inf])
-        # Candidate k of cell c: the (k+1)-th edge from the cell's start; an edge of a
-        # later cell is > every score of cell c, so the comparison is simply false.
-        self.first = before
-        self.candidates = []
-        for k in range(self.per_cell):
-            cand = padded[(before.long() + k).clamp_(max=padded.numel() - 1)]
-            cand[0] = float("inf")  # cell 0: no edge, and the cell of all non-negatives
-            self.candidates.append(cand)
+        lo, hi = float(edges[0]), float(edges[-1])
+        self.scale = cells / (hi - lo) if hi > lo else 1.0
+        # The grid starts 1.5 cells below the lowest edge, so no edge is in cell 0.
+        self.shift = -(lo - 1.5 / self.scale) * self.scale
+        load = torch.bincount(self.cell_of(edges), minlength=cells + 2)
+        self.steps = int(load.max()).bit_length()
+        self.usable = int(load[0]) == 0
+        self.offset = (1 << self.steps) - 1
+        inf = edges.new_full((self.offset,), float("inf"))
+        self.padded = torch.cat([inf, edges, inf])
+        first = load.cumsum(0) - load + self.offset
+        first[0] = 0
+        self.first = first.to(torch.int32)
 
-    def cell_of(self, x: Tensor, excluded: Optional[Tensor] = None) -> Tensor:
-        t = torch.sub(x, self.lo).mul_(self.scale).add_(1.0)
-        if excluded is not None:
-            t.masked_fill_(excluded, 0.0)
+    def cell_of(self, x: Tensor) -> Tensor:
+        # Two separately rounded operations (no fused multiply-add, whose use may differ
+        # between vectorised and scalar code): a score equal to an edge gets its cell.
+        t = torch.mul(x, self.scale).add_(self.shift)
         return t.clamp_(0.0, self.cells + 1.0).to(torch.int32)
 
-    def bins(self, x: Tensor, excluded: Tensor) -> Tensor:
-        cell = self.cell_of(x, excluded)
-        e = self.first.index_select(0, cell)
-        for cand in self.candidates:
-            e.add_(x >= cand.index_select(0, cell))
-        return e
+    def bins(self, x: Tensor, out: Tensor) -> None:
+        """Write offset + #{edges <= x} into ``out`` (int32)."""
+        e = torch.index_select(self.first, 0, self.cell_of(x), out=out)
+        cand = torch.empty_like(x)
+        above = torch.empty(x.shape, dtype=torch.bool, device=x.device)
+        for j in reversed(range(self.steps)):
+            step = 1 << j
+            # padded[e + step - 1] <= x: the next ``step`` edges are all <= x.
+            torch.index_select(self.padded[step - 1:], 0, e, out=cand)
+            torch.ge(x, cand, out=above)
+            e.add_(above, alpha=step)
 
 
 def _make_bin_grid(edges: Tensor) -> Optional[_BinGrid]:
-    """A grid fine enough that no cell holds more than a few edges, or None if the edges
-    are too clustered for any grid of bounded size (then bins come from binary search)."""
-    cells = max(64, _GRID_CELLS_PER_EDGE * edges.numel())
-    while True:
-        cells = min(cells, _GRID_MAX_CELLS)
-        grid = _BinGrid(edges, cells, _GRID_MAX_EDGES_PER_CELL)
-        if grid.usable:
-            return grid
-        if cells >= _GRID_MAX_CELLS:
-            return None
-        cells *= 4
+    """A grid of about ``_GRID_CELLS_PER_EDGE`` cells per edge, or None if rounding puts an
+    edge into cell 0 or a cell holds more than 2^_GRID_MAX_STEPS - 1 edges (the edges are
+    too clustered; then bins come from a plain binary search)."""
+    cells = min(max(64, _GRID_CELLS_PER_EDGE * edges.numel()), _GRID_MAX_CELLS)
+    grid = _BinGrid(edges, cells)
+    return grid if grid.usable and grid.steps <= _GRID_MAX_STEPS else None
+
+
+def _negative_chunk(device: torch.device) -> int:
+    """Entries scanned at once. On the CPU with one thread no op is a parallel region, and
+    chunks whose temporaries stay in cache are fastest; with more threads every op over
+    a chunk is one, whose cost grows when other processes share the cores, so the scan
+    takes fewer, larger chunks."""
+    if device.type != "cpu":
+        return _NEGATIVE_CHUNK_ACCELERATOR
+    if torch.get_num_threads() > 1:
+        return _NEGATIVE_CHUNK_CPU * _PARALLEL_CHUNK_FACTOR
+    return _NEGATIVE_CHUNK_CPU
 
 
 class _RelevantNegatives:
     """The negatives, placed in bins among the ramp ends of the positives, in one scan.
 
     The bin edges are the distinct values of s_i - δ and s_i + δ over the positives (of
-    s_i for δ = 0), sorted; a negative with score x is in bin e = #{edges <= x}, and every
-    other entry (positives, ignored entries) in bin 0, as are the irrelevant negatives
-    (s_j < min_P s - δ): bin 0 takes no part in anything. Relevant negatives are those in
-    bins >= 1; they are counted in ``count``. Per bin the scan keeps the number of
-    negatives and the sum of their scores (float64); per entry it keeps the bin (int32),
-    which the gradient pass reuses. Scores are compared in the logits' precision
-    (float32 unless float64): a score that ties an edge up to rounding may land in the
-    neighbouring bin, where H takes the same value up to that rounding (H is continuous).
+    s_i for δ = 0), sorted. A negative with score x is in the bin ``offset + k`` with
+    k = #{edges <= x}; every other entry (positives, ignored entries) is in bin 0. Bin 0
+    and the bins up to ``offset`` (the irrelevant negatives, s_j < min_P s - δ, have
+    k = 0) take no part in anything; the relevant negatives, in bins > ``offset``, are
+    counted in ``count``. Per bin the scan keeps the number of negatives and the sum of
+    their scores (float64); per entry it keeps the bin (int32), which the gradient pass
+    reuses. Scores are compared in the logits' precision (float32 unless float64): a
+    score that ties an edge up to rounding may land in the neighbouring bin, where H
+    takes the same value up to that rounding (H is continuous).
+
+    ``excluded``, if given, lists (ascending) the flat indices of the entries that are not
+    negatives (``(targets != 0).nonzero()``); the loss has it already.
     """
 
-    def __init__(self, logits: Tensor, targets: Tensor, sorted_pos: Tensor, delta: float):
+    def __init__(
+        self,
+        logits: Tensor,
+        targets: Tensor,
+        sorted_pos: Tensor,
+        delta: float,
+        excluded: Optional[Tensor] = None,
+    ):
+        logits, targets = logits.reshape(-1), targets.reshape(-1)
         self.logits = logits
+        self.targets = targets
         self.delta = delta
         self.dtype = _compute_dtype(logits.dtype)
+        if excluded is None:
+            excluded = (targets != 0).nonzero().squeeze(1)
+        self.excluded = excluded
         s = sorted_pos.to(torch.float64)
         if delta > 0:
             lower = (s - delta).to(self.dtype)
@@ -161,39 +186,46 @@ class _RelevantNegatives:
         else:
             lower = upper = s.to(self.dtype)
             self.edges = torch.unique(lower)
-        num_bins = self.edges.numel() + 1
+        device = logits.device
+        grid = _make_bin_grid(self.edges) if device.type == "cpu" else None
+        if grid is None:  # binary search; a leading -inf makes the count start at 1
+            below = self.edges.new_full((1,), float("-inf"))
+            search_edges = torch.cat([below, self.edges])
+        self.offset = grid.offset if grid is not None else 1
+        self.num_bins = num_bins = self.offset + self.edges.numel() + 1
         # Positive i sees fully the bins > upper_bin[i], on its ramp the bins
         # (lower_bin[i], upper_bin[i]], and not at all the bins <= lower_bin[i].
-        self.lower_bin = torch.searchsorted(self.edges, lower)
-        self.upper_bin = torch.searchsorted(self.edges, upper)
-        on_cpu = logits.device.type == "cpu"
-        grid = _make_bin_grid(self.edges) if on_cpu else None
-        counts = torch.zeros(num_bins, dtype=torch.int64, device=logits.device)
-        sums = torch.zeros(num_bins, dtype=torch.float64, device=logits.device)
-        self.chunks: List[Tuple[slice, Tensor]] = []
+        self.lower_bin = torch.searchsorted(self.edges, lower) + self.offset
+        self.upper_bin = torch.searchsorted(self.edges, upper) + self.offset
+        counts = torch.zeros(num_bins, dtype=torch.int64, device=device)
+        sums = torch.zeros(num_bins, dtype=torch.float64, device=device)
         total = logits.numel()
-        chunk = _NEGATIVE_CHUNK_CPU if on_cpu else _NEGATIVE_CHUNK_ACCELERATOR
-        for start in range(0, total, chunk):
-            part = slice(start, min(start + chunk, total))
+        self.bins = torch.empty(total, dtype=torch.int32, device=device)
+        self.chunk = _negative_chunk(device)
+        bounds = torch.arange(0, total + self.chunk, self.chunk, device=device).clamp_(max=total)
+        cuts = torch.searchsorted(excluded, bounds).tolist()
+        for k, start in enumerate(range(0, total, self.chunk)):
+            part = slice(start, min(start + self.chunk, total))
             x = logits[part].to(self.dtype)
-            excluded = targets[part] != 0
+            e = self.bins[part]
             if grid is not None:
-                e = grid.bins(x, excluded)
+                grid.bins(x, e)
             else:
-                e = torch.searchsorted(self.edges, x, right=True, out_int32=True)
-                e.masked_fill_(excluded, 0)
+                torch.searchsorted(search_edges, x, right=True, out_int32=True, out=e)
+            e.index_fill_(0, excluded[cuts[k]:cuts[k + 1]] - start, 0)
             counts += torch.bincount(e, minlength=num_bins)
             if delta > 0:
-                sums += torch.bincount(e, weights=x.to(torch.float64), minlength=num_bins)
-            self.chunks.append((part, e))
+                sums.index_add_(0, e, x.to(torch.float64))
         self.bin_counts = counts.to(torch.float64)
         self.bin_sums = sums
-        self.count = int(counts[1:].sum())
+        self.count = int(counts[self.offset + 1:].sum())
 
     def __iter__(self):
         """Yield (flat slice, scores in the compare precision, bins) for every chunk."""
-        for part, e in self.chunks:
-            yield part, self.logits[part].to(self.dtype), e
+        total = self.logits.numel()
+        for start in range(0, total, self.chunk):
+            part = slice(start, min(start + self.chunk, total))
+            yield part, self.logits[part].to(self.dtype), self.bins[part]
 
 
 def _false_positive_mass(negatives: _RelevantNegatives, sorted_pos: Tensor) -> Tensor:
@@ -218,10 +250,11 @@ def _false_positive_mass(negatives: _RelevantNegatives, sorted_pos: Tensor) -> T
 def _gradient_tables(negatives: _RelevantNegatives, sorted_pos: Tensor, weight: Tensor):
     """Per bin e >= 1, the negative gradient g(x) = sum_i weight_i · H(x - s_i) is linear in
     x: g(x) = A[e] + B[e] · (x - L[e]), L[e] the bin's lower edge (both terms >= 0, so no
-    cancellation). Bin 0 gets A = B = 0. Returned in the compare precision."""
+    cancellation). The bins that take no part get A = B = 0. Returned in the compare
+    precision."""
     s = sorted_pos.to(torch.float64)
     w = weight.to(torch.float64)
-    num_bins = negatives.edges.numel() + 1
+    num_bins = negatives.num_bins
     delta = negatives.delta
     first, last = negatives.lower_bin + 1, negatives.upper_bin + 1
 
@@ -234,11 +267,11 @@ def _gradient_tables(negatives: _RelevantNegatives, sorted_pos: Tensor, weight: 
     ramp_w = (starting(first, w) - starting(last, w)).cumsum(0)
     moment = w * (0.5 - s / (2.0 * delta))
     ramp_m = (starting(first, moment) - starting(last, moment)).cumsum(0)
-    lower_edge = torch.cat([s.new_zeros(1), negatives.edges.to(torch.float64)])
+    lower_edge = torch.cat([s.new_zeros(negatives.offset + 1), negatives.edges.to(torch.float64)])
     a = full + (ramp_m + ramp_w * lower_edge / (2.0 * delta)).clamp_(min=0.0)
     b = ramp_w / (2.0 * delta)
-    a[0] = 0.0
-    b[0] = 0.0
+    a[: negatives.offset + 1] = 0.0
+    b[: negatives.offset + 1] = 0.0
     dtype = negatives.dtype
     return a.to(dtype), b.to(dtype), lower_edge.to(dtype)
 
@@ -262,7 +295,7 @@ def _scatter_negative_gradient(
     (a flat tensor over the logits); every other entry is left as it is."""
     for part, e, g in _negative_gradient_chunks(negatives, sorted_pos, weight):
         view = grad[part]
-        view.copy_(torch.where(e > 0, g.to(grad.dtype), view))
+        view.copy_(torch.where(e > negatives.offset, g.to(grad.dtype), view))
 
 
 def _sorting_terms_dense(
@@ -424,7 +457,8 @@ def _rank_sort_forward(logits: Tensor, targets: Tensor, delta: float, need_grad:
     positives), each already divided by |P|. Float64 logits get float64 results, any other
     float dtype float32 ones."""
     out_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    pos_idx = (targets > 0).nonzero().squeeze(1)
+    excluded = (targets != 0).nonzero().squeeze(1)  # positives and ignored entries
+    pos_idx = excluded[targets[excluded] > 0]
     num_pos = pos_idx.numel()
     zero = logits.new_zeros((), dtype=out_dtype)
     if num_pos == 0:
@@ -436,7 +470,7 @@ def _rank_sort_forward(logits: Tensor, targets: Tensor, delta: float, need_grad:
     pos_idx = pos_idx[order]
     sorted_iou = targets[pos_idx].double()
 
-    negatives = _RelevantNegatives(logits, targets, sorted_pos, delta)
+    negatives = _RelevantNegatives(logits, targets, sorted_pos, delta, excluded)
     fp = _false_positive_mass(negatives, sorted_pos)
     rank_pos, sort_err, g_sort = _sorting_terms(sorted_pos, sorted_iou, delta, need_grad)
     rank_err = fp / (rank_pos + fp)
