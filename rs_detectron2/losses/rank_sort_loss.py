@@ -21,7 +21,8 @@ IoU order (O(|P| log² |P|)), or densely for few positives.
 
 This module does not import detectron2, so the loss can be used on its own.
 """
-from typing import List, Optional, Tuple
+import contextlib
+from typing import Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -72,6 +73,24 @@ def _negative_windows(x: Tensor, sorted_pos: Tensor, delta: float) -> Tuple[Tens
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Scores are compared in float64 for float64 logits and in float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@contextlib.contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """Run the O(|P|) bookkeeping on one CPU thread. Its ops are small, yet many of them
+    (binary search, sort, cumsum, indexing) are split over the threads all the same; when
+    other processes share the cores each such parallel region waits for a descheduled
+    thread, which costs far more than the op. Only the passes over all the logits use
+    every thread. The thread count is restored on exit."""
+    threads = torch.get_num_threads() if device.type == "cpu" else 1
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _BinGrid:
@@ -178,6 +197,13 @@ class _RelevantNegatives:
         if excluded is None:
             excluded = (targets != 0).nonzero().squeeze(1)
         self.excluded = excluded
+        device = logits.device
+        with _one_thread(device):
+            self._prepare(sorted_pos, delta)
+        self._scan(logits, delta)
+
+    def _prepare(self, sorted_pos: Tensor, delta: float) -> None:
+        """The edges, the bin look-up and the bins of the positives' ramp ends."""
         s = sorted_pos.to(torch.float64)
         if delta > 0:
             lower = (s - delta).to(self.dtype)
@@ -186,24 +212,31 @@ class _RelevantNegatives:
         else:
             lower = upper = s.to(self.dtype)
             self.edges = torch.unique(lower)
-        device = logits.device
-        grid = _make_bin_grid(self.edges) if device.type == "cpu" else None
+        device = self.logits.device
+        self.grid = grid = _make_bin_grid(self.edges) if device.type == "cpu" else None
         if grid is None:  # binary search; a leading -inf makes the count start at 1
             below = self.edges.new_full((1,), float("-inf"))
-            search_edges = torch.cat([below, self.edges])
+            self.search_edges = torch.cat([below, self.edges])
         self.offset = grid.offset if grid is not None else 1
-        self.num_bins = num_bins = self.offset + self.edges.numel() + 1
+        self.num_bins = self.offset + self.edges.numel() + 1
         # Positive i sees fully the bins > upper_bin[i], on its ramp the bins
         # (lower_bin[i], upper_bin[i]], and not at all the bins <= lower_bin[i].
         self.lower_bin = torch.searchsorted(self.edges, lower) + self.offset
         self.upper_bin = torch.searchsorted(self.edges, upper) + self.offset
+        total = self.logits.numel()
+        self.chunk = _negative_chunk(device)
+        bounds = list(range(0, total, self.chunk)) + [total]
+        bounds_t = torch.tensor(bounds, dtype=torch.int64, device=device)
+        self.cuts = torch.searchsorted(self.excluded, bounds_t).tolist()
+
+    def _scan(self, logits: Tensor, delta: float) -> None:
+        """One pass over the logits: the bin of every entry and the bins' histograms."""
+        device, grid, excluded, num_bins = logits.device, self.grid, self.excluded, self.num_bins
         counts = torch.zeros(num_bins, dtype=torch.int64, device=device)
         sums = torch.zeros(num_bins, dtype=torch.float64, device=device)
         total = logits.numel()
         self.bins = torch.empty(total, dtype=torch.int32, device=device)
-        self.chunk = _negative_chunk(device)
-        bounds = torch.arange(0, total + self.chunk, self.chunk, device=device).clamp_(max=total)
-        cuts = torch.searchsorted(excluded, bounds).tolist()
+        cuts = self.cuts
         for k, start in enumerate(range(0, total, self.chunk)):
             part = slice(start, min(start + self.chunk, total))
             x = logits[part].to(self.dtype)
@@ -211,14 +244,18 @@ class _RelevantNegatives:
             if grid is not None:
                 grid.bins(x, e)
             else:
-                torch.searchsorted(search_edges, x, right=True, out_int32=True, out=e)
+                torch.searchsorted(self.search_edges, x, right=True, out_int32=True, out=e)
             e.index_fill_(0, excluded[cuts[k]:cuts[k + 1]] - start, 0)
-            counts += torch.bincount(e, minlength=num_bins)
+            counts.index_add_(0, e, self._ones(e))
             if delta > 0:
                 sums.index_add_(0, e, x.to(torch.float64))
         self.bin_counts = counts.to(torch.float64)
         self.bin_sums = sums
         self.count = int(counts[self.offset + 1:].sum())
+
+    @staticmethod
+    def _ones(e: Tensor) -> Tensor:
+        return torch.ones(1, dtype=torch.int64, device=e.device).expand(e.shape)
 
     def __iter__(self):
         """Yield (flat slice, scores in the compare precision, bins) for every chunk."""
@@ -276,16 +313,30 @@ def _gradient_tables(negatives: _RelevantNegatives, sorted_pos: Tensor, weight: 
     return a.to(dtype), b.to(dtype), lower_edge.to(dtype)
 
 
-def _negative_gradient_chunks(negatives: _RelevantNegatives, sorted_pos: Tensor, weight: Tensor):
-    """Yield (flat slice, bins, g) with g_j = sum_i weight_i · H(s_j - s_i) for every entry of
-    the chunk (exactly 0 in bin 0)."""
-    a, b, lower_edge = _gradient_tables(negatives, sorted_pos, weight)
+_CENTRED_GRADIENT = True
+
+
+def _negative_gradient(
+    negatives: _RelevantNegatives, sorted_pos: Tensor, weight: Tensor, out: Optional[Tensor] = None
+) -> Tensor:
+    """g_j = sum_i weight_i · H(s_j - s_i) for every entry, flat, in the compare precision:
+    exactly 0 for the entries that take no part (bins <= offset). Written into ``out`` if
+    given."""
+    with _one_thread(sorted_pos.device):
+        a, b, lower_edge = _gradient_tables(negatives, sorted_pos, weight)
+        if b is not None and not _CENTRED_GRADIENT:
+            a = (a.double() - b.double() * lower_edge.double()).to(a.dtype)
+    if out is None:
+        out = torch.empty(negatives.bins.shape, dtype=negatives.dtype, device=negatives.bins.device)
     for part, x, e in negatives:
-        g = a.index_select(0, e)
+        g = torch.index_select(a, 0, e, out=out[part])
         if b is not None:
-            offset = torch.sub(x, lower_edge.index_select(0, e))
-            g.addcmul_(b.index_select(0, e), offset)
-        yield part, e, g
+            if _CENTRED_GRADIENT:
+                offset = torch.sub(x, lower_edge.index_select(0, e))
+                g.addcmul_(b.index_select(0, e), offset)
+            else:
+                g.addcmul_(b.index_select(0, e), x)
+    return out
 
 
 def _scatter_negative_gradient(
@@ -293,9 +344,9 @@ def _scatter_negative_gradient(
 ) -> None:
     """Write g_j = sum_i weight_i · H(s_j - s_i) for every relevant negative j into ``grad``
     (a flat tensor over the logits); every other entry is left as it is."""
-    for part, e, g in _negative_gradient_chunks(negatives, sorted_pos, weight):
-        view = grad[part]
-        view.copy_(torch.where(e > negatives.offset, g.to(grad.dtype), view))
+    g = _negative_gradient(negatives, sorted_pos, weight)
+    relevant = negatives.bins > negatives.offset
+    grad.copy_(torch.where(relevant, g.to(grad.dtype), grad))
 
 
 def _sorting_terms_dense(
@@ -465,35 +516,34 @@ def _rank_sort_forward(logits: Tensor, targets: Tensor, delta: float, need_grad:
         g_rank = torch.zeros(logits.shape, dtype=out_dtype, device=logits.device)
         return zero, zero.clone(), g_rank, pos_idx, g_rank.new_zeros(0)
 
-    pos_scores = logits[pos_idx].double()
-    sorted_pos, order = pos_scores.sort()
-    pos_idx = pos_idx[order]
-    sorted_iou = targets[pos_idx].double()
+    device = logits.device
+    with _one_thread(device):
+        pos_scores = logits[pos_idx].double()
+        sorted_pos, order = pos_scores.sort()
+        pos_idx = pos_idx[order]
+        sorted_iou = targets[pos_idx].double()
 
     negatives = _RelevantNegatives(logits, targets, sorted_pos, delta, excluded)
-    fp = _false_positive_mass(negatives, sorted_pos)
-    rank_pos, sort_err, g_sort = _sorting_terms(sorted_pos, sorted_iou, delta, need_grad)
-    rank_err = fp / (rank_pos + fp)
-    loss_rank = rank_err.mean().to(out_dtype)
-    loss_sort = sort_err.mean().to(out_dtype)
-    if not need_grad:
-        return loss_rank, loss_sort, None, pos_idx, None
-
-    has_fp = fp > _EPS
-    no_update = torch.zeros_like(rank_err)
-    if negatives.count == 0:
-        g_rank = torch.zeros(logits.shape, dtype=out_dtype, device=logits.device)
-    else:
+    with _one_thread(device):
+        fp = _false_positive_mass(negatives, sorted_pos)
+        rank_pos, sort_err, g_sort = _sorting_terms(sorted_pos, sorted_iou, delta, need_grad)
+        rank_err = fp / (rank_pos + fp)
+        loss_rank = rank_err.mean().to(out_dtype)
+        loss_sort = sort_err.mean().to(out_dtype)
+        if not need_grad:
+            return loss_rank, loss_sort, None, pos_idx, None
+        has_fp = fp > _EPS
+        no_update = torch.zeros_like(rank_err)
         # Each relevant negative receives rank_err(i) · H / FP(i) = H / rank(i) from positive i.
         weight = torch.where(has_fp, rank_err / fp.clamp(min=_EPS), no_update) / num_pos
-        chunks = list(_negative_gradient_chunks(negatives, sorted_pos, weight))
-        if len(chunks) == 1:
-            g_rank = chunks[0][2].to(out_dtype)  # 0 on every entry that is not a negative
-        else:
-            g_rank = torch.cat([g for _, _, g in chunks]).to(out_dtype)
-        g_rank = g_rank.reshape(logits.shape)
-    g_rank[pos_idx] = (-torch.where(has_fp, rank_err, no_update) / num_pos).to(out_dtype)
-    return loss_rank, loss_sort, g_rank, pos_idx, (g_sort / num_pos).to(out_dtype)
+        g_pos = (-torch.where(has_fp, rank_err, no_update) / num_pos).to(out_dtype)
+        g_sort = (g_sort / num_pos).to(out_dtype)
+    if negatives.count == 0:
+        g_rank = torch.zeros(logits.shape, dtype=out_dtype, device=device)
+    else:  # 0 on every entry that is not a relevant negative
+        g_rank = _negative_gradient(negatives, sorted_pos, weight).reshape(logits.shape)
+    g_rank[pos_idx] = g_pos
+    return loss_rank, loss_sort, g_rank, pos_idx, g_sort
 
 
 class _RankSortFunction(torch.autograd.Function):
