@@ -42,7 +42,7 @@ _PAIR_BLOCK = 1 << 22
 _DENSE_SORTING_MAX = 128
 # The CPU bin look-up: grid cells per bin edge, the most cells, and the most comparisons
 # per score (a cell may then hold up to 2^steps - 1 edges).
-_GRID_CELLS_PER_EDGE = 4
+_GRID_CELLS_PER_EDGE = 16
 _GRID_MAX_CELLS = 1 << 20
 _GRID_MAX_STEPS = 6
 
@@ -129,24 +129,28 @@ class _BinGrid:
         t = torch.mul(x, self.scale).add_(self.shift)
         return t.clamp_(0.0, self.cells + 1.0).to(torch.int32)
 
-    def bins(self, x: Tensor, out: Tensor) -> None:
-        """Write offset + #{edges <= x} into ``out`` (int32)."""
-        e = torch.index_select(self.first, 0, self.cell_of(x), out=out)
-        cand = torch.empty_like(x)
-        above = torch.empty(x.shape, dtype=torch.bool, device=x.device)
+    def bins(self, x: Tensor, out: Tensor, work: Tensor, flags: Tensor) -> None:
+        """Write offset + #{edges <= x} into ``out`` (int32); ``work`` (x's dtype) and
+        ``flags`` (int32) are scratch of x's size."""
+        torch.mul(x, self.scale, out=work)
+        work.add_(self.shift).clamp_(0.0, self.cells + 1.0)
+        flags.copy_(work)  # the cell (truncation)
+        torch.index_select(self.first, 0, flags, out=out)
         for j in reversed(range(self.steps)):
             step = 1 << j
             # padded[e + step - 1] <= x: the next ``step`` edges are all <= x.
-            torch.index_select(self.padded[step - 1:], 0, e, out=cand)
-            torch.ge(x, cand, out=above)
-            e.add_(above, alpha=step)
+            torch.index_select(self.padded[step - 1:], 0, out, out=work)
+            torch.ge(x, work, out=flags)
+            out.add_(flags, alpha=step)
 
 
-def _make_bin_grid(edges: Tensor) -> Optional[_BinGrid]:
-    """A grid of about ``_GRID_CELLS_PER_EDGE`` cells per edge, or None if rounding puts an
-    edge into cell 0 or a cell holds more than 2^_GRID_MAX_STEPS - 1 edges (the edges are
-    too clustered; then bins come from a plain binary search)."""
-    cells = min(max(64, _GRID_CELLS_PER_EDGE * edges.numel()), _GRID_MAX_CELLS)
+def _make_bin_grid(edges: Tensor, entries: int) -> Optional[_BinGrid]:
+    """A grid of about ``_GRID_CELLS_PER_EDGE`` cells per edge (fewer for few entries: the
+    table need not outgrow the scan), or None if rounding puts an edge into cell 0 or a
+    cell holds more than 2^_GRID_MAX_STEPS - 1 edges (the edges are too clustered; then
+    bins come from a plain binary search)."""
+    cells = min(_GRID_CELLS_PER_EDGE * edges.numel(), _GRID_MAX_CELLS, entries // 8)
+    cells = max(64, cells)
     grid = _BinGrid(edges, cells)
     return grid if grid.usable and grid.steps <= _GRID_MAX_STEPS else None
 
@@ -198,6 +202,7 @@ class _RelevantNegatives:
             excluded = (targets != 0).nonzero().squeeze(1)
         self.excluded = excluded
         device = logits.device
+        self.chunk = _negative_chunk(device)
         with _one_thread(device):
             self._prepare(sorted_pos, delta)
         self._scan(logits, delta)
@@ -213,7 +218,8 @@ class _RelevantNegatives:
             lower = upper = s.to(self.dtype)
             self.edges = torch.unique(lower)
         device = self.logits.device
-        self.grid = grid = _make_bin_grid(self.edges) if device.type == "cpu" else None
+        total = self.logits.numel()
+        self.grid = grid = _make_bin_grid(self.edges, total) if device.type == "cpu" else None
         if grid is None:  # binary search; a leading -inf makes the count start at 1
             below = self.edges.new_full((1,), float("-inf"))
             self.search_edges = torch.cat([below, self.edges])
@@ -223,8 +229,6 @@ class _RelevantNegatives:
         # (lower_bin[i], upper_bin[i]], and not at all the bins <= lower_bin[i].
         self.lower_bin = torch.searchsorted(self.edges, lower) + self.offset
         self.upper_bin = torch.searchsorted(self.edges, upper) + self.offset
-        total = self.logits.numel()
-        self.chunk = _negative_chunk(device)
         bounds = list(range(0, total, self.chunk)) + [total]
         bounds_t = torch.tensor(bounds, dtype=torch.int64, device=device)
         self.cuts = torch.searchsorted(self.excluded, bounds_t).tolist()
@@ -236,26 +240,27 @@ class _RelevantNegatives:
         sums = torch.zeros(num_bins, dtype=torch.float64, device=device)
         total = logits.numel()
         self.bins = torch.empty(total, dtype=torch.int32, device=device)
+        size = min(self.chunk, total)
+        work = torch.empty(size, dtype=self.dtype, device=device)
+        flags = torch.empty(size, dtype=torch.int32, device=device)
+        wide = torch.empty(size if delta > 0 else 0, dtype=torch.float64, device=device)
         cuts = self.cuts
         for k, start in enumerate(range(0, total, self.chunk)):
             part = slice(start, min(start + self.chunk, total))
             x = logits[part].to(self.dtype)
+            n = x.numel()
             e = self.bins[part]
             if grid is not None:
-                grid.bins(x, e)
+                grid.bins(x, e, work[:n], flags[:n])
             else:
                 torch.searchsorted(self.search_edges, x, right=True, out_int32=True, out=e)
             e.index_fill_(0, excluded[cuts[k]:cuts[k + 1]] - start, 0)
-            counts.index_add_(0, e, self._ones(e))
+            counts += torch.bincount(e, minlength=num_bins)
             if delta > 0:
-                sums.index_add_(0, e, x.to(torch.float64))
+                sums += torch.bincount(e, weights=wide[:n].copy_(x), minlength=num_bins)
         self.bin_counts = counts.to(torch.float64)
         self.bin_sums = sums
         self.count = int(counts[self.offset + 1:].sum())
-
-    @staticmethod
-    def _ones(e: Tensor) -> Tensor:
-        return torch.ones(1, dtype=torch.int64, device=e.device).expand(e.shape)
 
     def __iter__(self):
         """Yield (flat slice, scores in the compare precision, bins) for every chunk."""
