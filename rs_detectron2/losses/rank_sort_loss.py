@@ -199,7 +199,7 @@ class _RelevantNegatives:
         self.delta = delta
         self.dtype = _compute_dtype(logits.dtype)
         if excluded is None:
-            excluded = (targets != 0).nonzero().squeeze(1)
+            excluded = targets.nonzero().squeeze(1)
         self.excluded = excluded
         device = logits.device
         self.chunk = _negative_chunk(device)
@@ -290,35 +290,33 @@ def _false_positive_mass(negatives: _RelevantNegatives, sorted_pos: Tensor) -> T
 
 
 def _gradient_tables(negatives: _RelevantNegatives, sorted_pos: Tensor, weight: Tensor):
-    """Per bin e >= 1, the negative gradient g(x) = sum_i weight_i · H(x - s_i) is linear in
-    x: g(x) = A[e] + B[e] · (x - L[e]), L[e] the bin's lower edge (both terms >= 0, so no
-    cancellation). The bins that take no part get A = B = 0. Returned in the compare
-    precision."""
+    """Per bin e, the negative gradient g(x) = sum_i weight_i · H(x - s_i) is linear in x:
+    g(x) = A[e] + B[e] · (x - c), with c the middle of the edges (it keeps x - c, and so
+    the rounding of B[e] · (x - c), small). The bins that take no part get A = B = 0.
+    Returned in the compare precision, with c; B is None for δ = 0 (g is constant per
+    bin)."""
     s = sorted_pos.to(torch.float64)
     w = weight.to(torch.float64)
     num_bins = negatives.num_bins
     delta = negatives.delta
     first, last = negatives.lower_bin + 1, negatives.upper_bin + 1
+    dtype = negatives.dtype
 
     def starting(index, values):  # sum of values over the positives whose range starts at bin e
         return torch.bincount(index, weights=values, minlength=num_bins + 1)[:num_bins]
 
     full = starting(last, w).cumsum(0)  # positives that see bin e fully
     if delta <= 0:
-        return full.to(negatives.dtype), None, None
-    ramp_w = (starting(first, w) - starting(last, w)).cumsum(0)
-    moment = w * (0.5 - s / (2.0 * delta))
+        return full.to(dtype), None, 0.0
+    centre = float(((negatives.edges[0] + negatives.edges[-1]) / 2).to(dtype))
+    ramp_w = (starting(first, w) - starting(last, w)).cumsum(0)  # positives with e on their ramp
+    moment = w * (0.5 + (centre - s) / (2.0 * delta))
     ramp_m = (starting(first, moment) - starting(last, moment)).cumsum(0)
-    lower_edge = torch.cat([s.new_zeros(negatives.offset + 1), negatives.edges.to(torch.float64)])
-    a = full + (ramp_m + ramp_w * lower_edge / (2.0 * delta)).clamp_(min=0.0)
+    a = full + ramp_m  # g(c), extended linearly from the bin
     b = ramp_w / (2.0 * delta)
     a[: negatives.offset + 1] = 0.0
     b[: negatives.offset + 1] = 0.0
-    dtype = negatives.dtype
-    return a.to(dtype), b.to(dtype), lower_edge.to(dtype)
-
-
-_CENTRED_GRADIENT = True
+    return a.to(dtype), b.to(dtype), centre
 
 
 def _negative_gradient(
@@ -328,19 +326,18 @@ def _negative_gradient(
     exactly 0 for the entries that take no part (bins <= offset). Written into ``out`` if
     given."""
     with _one_thread(sorted_pos.device):
-        a, b, lower_edge = _gradient_tables(negatives, sorted_pos, weight)
-        if b is not None and not _CENTRED_GRADIENT:
-            a = (a.double() - b.double() * lower_edge.double()).to(a.dtype)
+        a, b, centre = _gradient_tables(negatives, sorted_pos, weight)
+    bins = negatives.bins
     if out is None:
-        out = torch.empty(negatives.bins.shape, dtype=negatives.dtype, device=negatives.bins.device)
+        out = torch.empty(bins.shape, dtype=negatives.dtype, device=bins.device)
+    work = None
     for part, x, e in negatives:
         g = torch.index_select(a, 0, e, out=out[part])
         if b is not None:
-            if _CENTRED_GRADIENT:
-                offset = torch.sub(x, lower_edge.index_select(0, e))
-                g.addcmul_(b.index_select(0, e), offset)
-            else:
-                g.addcmul_(b.index_select(0, e), x)
+            if work is None:
+                work = torch.empty(x.numel(), dtype=x.dtype, device=x.device)
+            offset = torch.sub(x, centre, out=work[: x.numel()])
+            g.addcmul_(torch.index_select(b, 0, e), offset)
     return out
 
 
@@ -513,7 +510,7 @@ def _rank_sort_forward(logits: Tensor, targets: Tensor, delta: float, need_grad:
     positives), each already divided by |P|. Float64 logits get float64 results, any other
     float dtype float32 ones."""
     out_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    excluded = (targets != 0).nonzero().squeeze(1)  # positives and ignored entries
+    excluded = targets.nonzero().squeeze(1)  # positives and ignored entries
     pos_idx = excluded[targets[excluded] > 0]
     num_pos = pos_idx.numel()
     zero = logits.new_zeros((), dtype=out_dtype)
