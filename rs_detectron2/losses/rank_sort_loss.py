@@ -391,41 +391,82 @@ class _PrefixTree:
     points whose place is < q (a prefix of the IoU order) and whose index lies below,
     inside or above a window [lo, hi) of the score order. The prefix [0, q) is the union
     of one aligned block of 2^L places for every set bit L of q; level L of the tree
-    holds every block of 2^L places with its points sorted by index, so each (query,
-    level) pair is two binary searches and differences of prefix sums.
+    holds every block of 2^L places with its points sorted by index, and a (query,
+    level) pair needs the number of points of its block with index < lo (and < hi):
+    one sort of the points' and the queries' keys together gives all of them, and
+    differences of prefix sums the sums.
     """
 
     def __init__(self, order: Tensor):
         num = order.numel()
         self.num = num
-        self.levels = torch.arange(max(1, num.bit_length()), device=order.device)
+        device = order.device
+        self.levels = torch.arange(max(1, num.bit_length()), device=device)
         block = order[None, :] >> self.levels[:, None]
-        index = torch.arange(num, device=order.device)
-        keys, self.points = (block * num + index).sort(dim=1)  # per level: by block, then index
-        # One increasing sequence over all levels, for a flat binary search.
-        self.keys = (keys + self.levels[:, None] * (num * num)).reshape(-1)
+        index = torch.arange(num, device=device)
+        # Keys increasing in (level, block, index), odd; a query's key for the value v in
+        # the same block is even and sorts just before the point with index v.
+        self.point_keys = (self._base(self.levels[:, None], block) + index).reshape(-1) * 2 + 1
+        self.points: Optional[Tensor] = None  # per level, the points sorted by index
 
-    def window_sums(self, weights: Tensor, q: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    def _base(self, level: Tensor, block: Tensor) -> Tensor:
+        return (level * self.num + block) * (self.num + 1)
+
+    def _count_before(self, query_keys: Tensor) -> Tensor:
+        """For each (even) query key, the number of point keys below it, i.e. the place in
+        the points' sorted order, by one sort of everything."""
+        num_points = self.point_keys.numel()
+        _, at = torch.cat([self.point_keys, query_keys]).sort()
+        is_point = at < num_points
+        if self.points is None:
+            picked = at[is_point]
+            self.points = picked - (picked // self.num) * self.num
+        before = torch.cumsum(is_point, 0)
+        is_query = ~is_point
+        found = torch.empty_like(query_keys)
+        found[at[is_query] - num_points] = before[is_query]
+        return found
+
+    def window_sums(self, weights: Tensor, q: Tensor, lo: Tensor, hi: Optional[Tensor]) -> Tensor:
         """(P, 3, C) sums of ``weights`` (P, C) over the points with place < q[i] and
-        index < lo[i], in [lo[i], hi[i]), >= hi[i], for every query i."""
+        index < lo[i], in [lo[i], hi[i]), >= hi[i], for every query i (hi None: hi = lo)."""
         num, cols = self.num, weights.shape[1]
         nlev = self.levels.numel()
-        prefix = weights[self.points.reshape(-1)].reshape(nlev, num, cols).cumsum(1)
-        prefix = torch.cat([prefix.new_zeros(nlev, 1, cols), prefix], 1).reshape(-1, cols)
-        query, level = (((q[:, None] >> self.levels[None, :]) & 1) > 0).nonzero(as_tuple=True)
-        block = (q[query] >> level) - 1  # even: the block [block·2^L, (block+1)·2^L)
-        base = level * (num * num) + block * num
-        row = level * (num + 1)  # where level L starts in ``prefix``
-        start = row + (block << level)
+        level, query = (((q[None, :] >> self.levels[:, None]) & 1) > 0).nonzero(as_tuple=True)
+        block = (q.index_select(0, query) >> level) - 1  # even: [block·2^L, (block+1)·2^L)
+        base = self._base(level, block)
+        wanted = [lo] if hi is None else [lo, hi]
+        found = self._count_before(torch.cat([(base + v.index_select(0, query)) * 2 for v in wanted]))
+        # Positions in ``prefix`` (one row of num + 1 per level): the block's start, end.
+        shift = level  # row L starts at L·(num + 1); the found places count L·num points before
+        start = level * (num + 1) + (block << level)
+        found = found + shift.repeat(len(wanted))
+        at_lo = found[: query.numel()]
+        at_hi = at_lo if hi is None else found[query.numel():]
         end = start + (1 << level)
-        at_lo = row + torch.searchsorted(self.keys, base + lo[query]) - level * num
-        at_hi = row + torch.searchsorted(self.keys, base + hi[query]) - level * num
-        parts = torch.stack(
-            [prefix[at_lo] - prefix[start], prefix[at_hi] - prefix[at_lo], prefix[end] - prefix[at_hi]],
-            1,
-        )
-        out = weights.new_zeros(q.numel(), 3, cols)
-        return out.index_add_(0, query, parts)
+        # prefix[c, L·(num+1) + p]: sum of column c over the first p points of level L.
+        prefix = weights.new_zeros(cols, nlev, num + 1)
+        picked = weights.t().index_select(1, self.points).reshape(cols, nlev, num)
+        torch.cumsum(picked, dim=2, out=prefix[:, :, 1:])
+        prefix = prefix.reshape(cols, -1)
+        out = weights.new_zeros(3, cols, q.numel())
+        for c in range(cols):
+            column = prefix[c]
+            v_start, v_lo, v_end = (column.index_select(0, a) for a in (start, at_lo, end))
+            v_hi = v_lo if hi is None else column.index_select(0, at_hi)
+            out[0, c].index_add_(0, query, v_lo - v_start)
+            out[1, c].index_add_(0, query, v_hi - v_lo)
+            out[2, c].index_add_(0, query, v_end - v_hi)
+        return out.permute(2, 0, 1)
+
+
+def _window_sums_all(weights: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """(P, 3, C) sums of ``weights`` (P, C) over the points with index < lo[i], in
+    [lo[i], hi[i]) and >= hi[i], for every query i: prefix sums in score order."""
+    prefix = weights.new_zeros(weights.shape[0] + 1, weights.shape[1])
+    torch.cumsum(weights, dim=0, out=prefix[1:])
+    at_lo, at_hi = prefix.index_select(0, lo), prefix.index_select(0, hi)
+    return torch.stack([at_lo, at_hi - at_lo, prefix[-1] - at_hi], 1)
 
 
 def _sorting_terms_tree(
@@ -445,6 +486,7 @@ def _sorting_terms_tree(
         hi = torch.searchsorted(s, s + delta, right=False)
     else:
         lo = hi = torch.searchsorted(s, s, right=False)
+    window_hi = hi if delta > 0 else None  # δ = 0: no ramp, one binary search
 
     def seen(sums, col):  # sum_k w_k H(s_k - s_i) from (below, ramp, above) sums
         total = sums[:, 2, col]
@@ -455,8 +497,7 @@ def _sorting_terms_tree(
 
     one_minus_iou = 1.0 - y
     weights = torch.stack([torch.ones_like(s), s, one_minus_iou, one_minus_iou * s], 1)
-    prefix = torch.cat([weights.new_zeros(1, 4), weights.cumsum(0)])
-    every = torch.stack([prefix[lo], prefix[hi] - prefix[lo], prefix[-1] - prefix[hi]], 1)
+    every = _window_sums_all(weights, lo, hi)
     rank_pos = seen(every, 0)  # rank⁺(i)
     current_num = seen(every, 2)  # sum_k H (1 - y_k)
 
@@ -466,7 +507,7 @@ def _sorting_terms_tree(
     sorted_y = y[iou_order]
     tree = _PrefixTree(place)
     below_q = torch.searchsorted(sorted_y, y, right=False)  # |Mis(i)| = #{k : y_k < y_i}
-    mis = tree.window_sums(weights, below_q, lo, hi)
+    mis = tree.window_sums(weights, below_q, lo, window_hi)
     mis_h = seen(mis, 0)  # D(i)
     mis_num = seen(mis, 2)
     current = current_num / rank_pos
@@ -484,10 +525,9 @@ def _sorting_terms_tree(
     lo_k = lo if delta > 0 else torch.searchsorted(s, s, right=True)
     hi_k = hi if delta > 0 else lo_k
     give = torch.stack([coef, coef * s], 1)
-    prefix = torch.cat([give.new_zeros(1, 2), give.cumsum(0)])
-    every = torch.stack([prefix[lo_k], prefix[hi_k] - prefix[lo_k], prefix[-1] - prefix[hi_k]], 1)
+    every = _window_sums_all(give, lo_k, hi_k)
     not_above = torch.searchsorted(sorted_y, y, right=True)  # #{i : y_i <= y_k}
-    given = every - tree.window_sums(give, not_above, lo_k, hi_k)  # over y_i > y_k
+    given = every - tree.window_sums(give, not_above, lo_k, window_hi)  # over y_i > y_k
     received = given[:, 0, 0]
     if delta > 0:
         ramp_c, ramp_cs = given[:, 1, 0], given[:, 1, 1]
