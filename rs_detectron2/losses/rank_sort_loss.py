@@ -39,7 +39,7 @@ _NEGATIVE_CHUNK_ACCELERATOR = 1 << 26
 _PAIR_BLOCK = 1 << 22
 # Positives up to which the sorting part is computed densely (O(|P|²), few kernel
 # launches); above, on the merge-sort tree (O(|P| log² |P|)).
-_DENSE_SORTING_MAX = 128
+_DENSE_SORTING_MAX = 384
 # The CPU bin look-up: grid cells per bin edge, the most cells, and the most comparisons
 # per score (a cell may then hold up to 2^steps - 1 edges).
 _GRID_CELLS_PER_EDGE = 16
