@@ -51,7 +51,7 @@ DEFAULT_SIZES = "100:100000,1000:2000000,2000:8000000"
 DISTRIBUTIONS = ("early", "late")
 # The versus suite: positives x logits, thread modes, and its output.
 VERSUS_GRID = ",".join(f"{p}:{n}" for n in ("1e5", "1e6", "8e6") for p in (200, 2000, 20000))
-VERSUS_MODES = "t1,t2,t2_over"
+VERSUS_MODES = "t1,t2,t1_over,t2_over"
 QUICK_GRID = "20:10000,200:100000"
 QUICK_MODES = "t1,t2_over"
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
@@ -262,7 +262,8 @@ def run_versus_case(mode, num_pos, num_logits, seed, delta, device, rounds, budg
         xa, xb = logits.detach().requires_grad_(), logits.detach().requires_grad_()
         a, b = _rs_pass(xa, targets, 0.0), _bucketed_pass(xb, targets, 0.0)
         check = dict(
-            max_abs_loss_diff=max(abs(float(a[0]) - float(b[0])), abs(float(a[1]) - float(b[1]))),
+            max_abs_loss_diff=max(abs(float(a[0].detach()) - float(b[0].detach())),
+                                  abs(float(a[1].detach()) - float(b[1].detach()))),
             max_abs_grad_diff=float((xa.grad - xb.grad).abs().max()),
         )
     threshold = float(logits[targets > 0].min()) - delta
@@ -282,8 +283,8 @@ def run_versus_case(mode, num_pos, num_logits, seed, delta, device, rounds, budg
         bce_ms=1e3 * statistics.median(times["bce"]),
         rs_over_bucketed=ratio("rs", "bucketed"),
         rs_over_bce=ratio("rs", "bce"),
-        rs_losses=[float(v) for v in ours],
-        bucketed_losses=[float(v) for v in theirs],
+        rs_losses=[float(v.detach()) for v in ours],
+        bucketed_losses=[float(v.detach()) for v in theirs],
         delta0_check=check,
         loadavg_start=load_start,
         loadavg_end=_loadavg(),

@@ -30,8 +30,10 @@ from torch import Tensor, nn
 __all__ = ["rank_sort_loss", "RankSortLoss"]
 
 _EPS = 1e-10
-# Entries of the logits scanned at once for negatives. One scan holds about 30 bytes of
-# temporaries an entry; a training batch fits in one scan, and larger inputs are split.
+# Entries of the logits scanned at once (see _negative_chunk): on the CPU with one thread
+# (temporaries that stay in cache), times the factor with more threads (few parallel
+# regions), and on accelerators. A scan keeps 4 bytes an entry (its bins) and holds
+# 16 bytes an entry of its chunk in scratch.
 _NEGATIVE_CHUNK_CPU = 1 << 20
 _PARALLEL_CHUNK_FACTOR = 1 << 4
 _NEGATIVE_CHUNK_ACCELERATOR = 1 << 26
@@ -182,7 +184,7 @@ class _RelevantNegatives:
     takes the same value up to that rounding (H is continuous).
 
     ``excluded``, if given, lists (ascending) the flat indices of the entries that are not
-    negatives (``(targets != 0).nonzero()``); the loss has it already.
+    negatives (``targets.nonzero()``); the loss has it already.
     """
 
     def __init__(
@@ -195,7 +197,6 @@ class _RelevantNegatives:
     ):
         logits, targets = logits.reshape(-1), targets.reshape(-1)
         self.logits = logits
-        self.targets = targets
         self.delta = delta
         self.dtype = _compute_dtype(logits.dtype)
         if excluded is None:
