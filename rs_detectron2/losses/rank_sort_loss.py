@@ -331,14 +331,16 @@ def _negative_gradient(
     bins = negatives.bins
     if out is None:
         out = torch.empty(bins.shape, dtype=negatives.dtype, device=bins.device)
-    work = None
+    size = min(negatives.chunk, bins.numel())
+    if b is not None:  # scratch, reused by every chunk
+        offset_buf = torch.empty(size, dtype=negatives.dtype, device=bins.device)
+        slope_buf = torch.empty(size, dtype=negatives.dtype, device=bins.device)
     for part, x, e in negatives:
         g = torch.index_select(a, 0, e, out=out[part])
         if b is not None:
-            if work is None:
-                work = torch.empty(x.numel(), dtype=x.dtype, device=x.device)
-            offset = torch.sub(x, centre, out=work[: x.numel()])
-            g.addcmul_(torch.index_select(b, 0, e), offset)
+            n = x.numel()
+            offset = torch.sub(x, centre, out=offset_buf[:n])
+            g.addcmul_(torch.index_select(b, 0, e, out=slope_buf[:n]), offset)
     return out
 
 
