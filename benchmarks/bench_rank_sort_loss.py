@@ -368,10 +368,14 @@ def main_versus(args):
         modes = [args.device]
     sizes = [tuple(int(float(v)) for v in pair.split(":")) for pair in grid.split(",")]
     output = args.output if args.output else (None if args.quick else RESULTS)
+    info, vers = machine_info(), versions(("torch", "numpy"))
+    line = (f"{info['cpu']}, {info['cpu_count']} cores, torch {vers['torch']}, "
+            f"Python {vers['python']}" + (f", GPU {info['gpu']}" if args.device != "cpu" else "")
+            + "; threads per mode as stated")
     report = dict(
-        machine_line=machine_line(args.device),
-        machine=machine_info(),
-        versions=versions(("torch", "numpy")),
+        machine_line=line,
+        machine=info,
+        versions=vers,
         settings=dict(grid=grid, modes=modes, rounds=rounds, case_budget_s=budget,
                       delta=args.delta, seed=args.seed, distribution="early",
                       device=args.device, note=args.note,
