@@ -348,10 +348,11 @@ def _scatter_negative_gradient(
     grad: Tensor, negatives: _RelevantNegatives, sorted_pos: Tensor, weight: Tensor
 ) -> None:
     """Write g_j = sum_i weight_i · H(s_j - s_i) for every relevant negative j into ``grad``
-    (a flat tensor over the logits); every other entry is left as it is."""
+    (one entry per logit, flat or contiguous); every other entry is left as it is."""
     g = _negative_gradient(negatives, sorted_pos, weight)
     relevant = negatives.bins > negatives.offset
-    grad.copy_(torch.where(relevant, g.to(grad.dtype), grad))
+    flat = grad.view(-1)
+    flat.copy_(torch.where(relevant, g.to(grad.dtype), flat))
 
 
 def _sorting_terms_dense(
