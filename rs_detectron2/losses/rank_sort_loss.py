@@ -37,6 +37,8 @@ _EPS = 1e-10
 _NEGATIVE_CHUNK_CPU = 1 << 20
 _PARALLEL_CHUNK_FACTOR = 1 << 4
 _NEGATIVE_CHUNK_ACCELERATOR = 1 << 26
+# Scores converted to float64 at once for the bins' sums (CPU).
+_HISTOGRAM_PIECE = 1 << 20
 # Entries of one positive x positive block of the dense sorting part.
 _PAIR_BLOCK = 1 << 22
 # Positives up to which the sorting part is computed densely (O(|P|²), few kernel
@@ -244,7 +246,8 @@ class _RelevantNegatives:
         size = min(self.chunk, total)
         work = torch.empty(size, dtype=self.dtype, device=device)
         flags = torch.empty(size, dtype=torch.int32, device=device)
-        wide = torch.empty(size if delta > 0 else 0, dtype=torch.float64, device=device)
+        piece = min(size, _HISTOGRAM_PIECE) if device.type == "cpu" else size
+        wide = torch.empty(piece if delta > 0 else 0, dtype=torch.float64, device=device)
         cuts = self.cuts
         for k, start in enumerate(range(0, total, self.chunk)):
             part = slice(start, min(start + self.chunk, total))
@@ -256,9 +259,15 @@ class _RelevantNegatives:
             else:
                 torch.searchsorted(self.search_edges, x, right=True, out_int32=True, out=e)
             e.index_fill_(0, excluded[cuts[k]:cuts[k + 1]] - start, 0)
-            counts += torch.bincount(e, minlength=num_bins)
-            if delta > 0:
-                sums += torch.bincount(e, weights=wide[:n].copy_(x), minlength=num_bins)
+            # bincount runs on one thread anyway; so does the float64 copy of the scores,
+            # piece by piece through one small buffer.
+            with _one_thread(device):
+                counts += torch.bincount(e, minlength=num_bins)
+                if delta > 0:
+                    for p0 in range(0, n, piece):
+                        p1 = min(p0 + piece, n)
+                        scores = wide[: p1 - p0].copy_(x[p0:p1])
+                        sums += torch.bincount(e[p0:p1], weights=scores, minlength=num_bins)
         self.bin_counts = counts.to(torch.float64)
         self.bin_sums = sums
         self.count = int(counts[self.offset + 1:].sum())
