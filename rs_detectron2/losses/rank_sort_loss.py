@@ -35,7 +35,7 @@ _EPS = 1e-10
 # regions), and on accelerators. A scan keeps 4 bytes an entry (its bins) and holds
 # 16 bytes an entry of its chunk in scratch.
 _NEGATIVE_CHUNK_CPU = 1 << 20
-_PARALLEL_CHUNK_FACTOR = 1 << 4
+_PARALLEL_CHUNK_FACTOR = 1 << 2
 _NEGATIVE_CHUNK_ACCELERATOR = 1 << 26
 # Scores converted to float64 at once for the bins' sums (CPU).
 _HISTOGRAM_PIECE = 1 << 20
