@@ -269,3 +269,117 @@ def test_cuda_matches_cpu():
     (lr + ls).backward()
     assert abs(float(lr) - ref[0]) <= 1e-6 and abs(float(ls) - ref[1]) <= 1e-6
     np.testing.assert_allclose(logits.grad.cpu().numpy(), ref[2] + ref[3], atol=1e-6)
+
+
+# --- The code paths of the fast loss, each forced on the same seeded cases --------------
+
+PATH_SEEDS = range(0, NUM_RANDOM_CASES, 5)
+
+
+def _assert_matches_reference(scores, targets, delta, kind, tol=1e-6):
+    ref = reference_rank_sort(scores, targets, delta)
+    got = split_gradients(scores, targets, delta)
+    assert abs(got[0] - ref[0]) <= tol and abs(got[1] - ref[1]) <= tol, kind
+    assert np.max(np.abs(got[2] - ref[2]), initial=0) <= tol, kind
+    assert np.max(np.abs(got[3] - ref[3]), initial=0) <= tol, kind
+
+
+@pytest.mark.parametrize("path", ["tree", "dense"])
+@pytest.mark.parametrize("seed", PATH_SEEDS)
+def test_sorting_part_paths(monkeypatch, path, seed):
+    """The merge-sort tree (many positives) and the dense blocks (few) give the same values."""
+    monkeypatch.setattr(rs_module, "_DENSE_SORTING_MAX", 0 if path == "tree" else 10**9)
+    _assert_matches_reference(*make_case(seed))
+
+
+@pytest.mark.parametrize("seed", PATH_SEEDS)
+def test_binary_search_bins(monkeypatch, seed):
+    """Without the CPU grid (as on accelerators, or for clustered edges) the bins come from
+    a plain binary search: the same values."""
+    monkeypatch.setattr(rs_module, "_GRID_MAX_STEPS", 0)
+    _assert_matches_reference(*make_case(seed))
+
+
+@pytest.mark.parametrize("seed", PATH_SEEDS)
+def test_coarse_grid_many_comparisons(monkeypatch, seed):
+    """A grid far too coarse (every cell holds many edges: a long branchless search)."""
+    monkeypatch.setattr(rs_module, "_GRID_CELLS_PER_EDGE", 0)
+    monkeypatch.setattr(rs_module, "_GRID_MAX_STEPS", 20)
+    _assert_matches_reference(*make_case(seed))
+
+
+@pytest.mark.parametrize("delta", DELTAS)
+def test_clustered_and_extreme_scores(delta):
+    """Positives closer than any grid resolves (then binary search), next to far ones, and
+    scores tied exactly with the ramp ends."""
+    rng = np.random.default_rng(5)
+    pos = np.concatenate([1e-9 * np.arange(40), [-30.0, 50.0], rng.normal(0, 1, 20)])
+    neg = np.concatenate([rng.normal(0, 3, 3000), pos + delta, pos - delta, pos[:10]])
+    scores = np.concatenate([pos, neg])
+    targets = np.concatenate([rng.uniform(0.1, 1.0, pos.size), np.zeros(neg.size)])
+    _assert_matches_reference(scores, targets, delta, "clustered")
+
+
+@pytest.mark.parametrize("seed", [3, 11, 23, 47, 101])
+def test_two_threads(seed):
+    """With several threads the small bookkeeping runs on one; the values are the same and
+    the thread count is restored."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _assert_matches_reference(*make_case(seed))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("shift", [-60.0, 25.0])
+@pytest.mark.parametrize("delta", DELTAS)
+def test_float32_large_logits(shift, delta):
+    """float32 logits far from 0 (the loss depends on differences only): the gradient stays
+    within 1e-5 of its largest entry of the float64 reference."""
+    rng = np.random.default_rng(9)
+    n = 20000
+    scores = (rng.normal(0, 1.5, n) + shift).astype(np.float32)
+    targets = np.zeros(n)
+    pos = rng.choice(n, 300, replace=False)
+    targets[pos] = rng.uniform(0.3, 1.0, 300)
+    scores[pos] += 0.5
+    ref = reference_rank_sort(scores.astype(np.float64), targets.astype(np.float32), delta)
+    lr, ls, g = fast_rank_sort(scores, targets, delta, torch.float32)
+    ref_g = ref[2] + ref[3]
+    scale = np.max(np.abs(ref_g))
+    assert abs(float(lr.detach()) - ref[0]) <= 1e-6 and abs(float(ls.detach()) - ref[1]) <= 1e-6
+    assert np.max(np.abs(g.double().numpy() - ref_g)) <= 1e-5 * scale
+
+
+def _negatives_case(seed):
+    scores, targets, delta, _ = make_case(seed)
+    logits = torch.tensor(scores)
+    y = torch.tensor(targets)
+    sorted_pos = logits[y > 0].sort().values
+    return logits, y, sorted_pos, delta
+
+
+@pytest.mark.parametrize("seed", [13, 20, 21, 41])
+def test_false_positive_mass_is_the_sum_over_relevant_negatives(seed):
+    logits, y, sorted_pos, delta = _negatives_case(seed)
+    negatives = rs_module._RelevantNegatives(logits, y, sorted_pos, delta)
+    fp = rs_module._false_positive_mass(negatives, sorted_pos)
+    neg = logits[(y == 0) & (logits >= sorted_pos[0] - delta)]
+    direct = rs_module._step(neg[:, None] - sorted_pos[None, :], delta).sum(0)
+    assert negatives.count == neg.numel()
+    np.testing.assert_allclose(fp.numpy(), direct.numpy(), atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", [13, 20, 21, 41])
+def test_scatter_negative_gradient_writes_only_the_relevant_negatives(seed):
+    logits, y, sorted_pos, delta = _negatives_case(seed)
+    negatives = rs_module._RelevantNegatives(logits, y, sorted_pos, delta)
+    weight = torch.rand(sorted_pos.numel(), dtype=torch.float64)
+    grad = torch.full_like(logits, 7.0)
+    rs_module._scatter_negative_gradient(grad, negatives, sorted_pos, weight)
+    relevant = (y == 0) & (logits >= sorted_pos[0] - delta)
+    direct = rs_module._step(logits[relevant][:, None] - sorted_pos[None, :], delta) @ weight
+    np.testing.assert_allclose(grad[relevant].numpy(), direct.numpy(), atol=1e-9)
+    assert torch.all(grad[~relevant] == 7.0)
