@@ -113,3 +113,59 @@ def test_process_pool_on_two_processes_differs(one_process):
     name, (losses, _, _) = one_process
     rank_losses = _two_processes(name, "process")[0][0]
     assert max(abs(rank_losses[k] - losses[k]) for k in losses if k.endswith("rank")) > 1e-4
+
+
+def _recipe_inputs():
+    """One head's candidates in float64: (R, K) logits, positives with boxes, split 23 / 37."""
+    g = torch.Generator().manual_seed(11)
+    rows, classes = 60, 3
+    logits = torch.randn(rows, classes, generator=g, dtype=torch.float64)
+    pos_rows = torch.tensor([1, 4, 9, 15, 22, 30, 31, 44, 50, 58])
+    pos_classes = torch.randint(0, classes, (len(pos_rows),), generator=g)
+    gt = torch.rand(len(pos_rows), 2, generator=g, dtype=torch.float64) * 50
+    gt_boxes = torch.cat([gt, gt + 15], 1)
+    pred_boxes = gt_boxes + torch.randn(len(pos_rows), 4, generator=g, dtype=torch.float64) * 3
+    ignored = torch.zeros(rows, dtype=torch.bool)
+    ignored[[3, 40]] = True
+    return logits, ignored, pos_rows, pos_classes, pred_boxes, gt_boxes
+
+
+def _recipe_step(logits, ignored, pos_rows, pos_classes, pred_boxes, gt_boxes, pool):
+    from rs_detectron2.modeling.rs_head_recipe import rs_head_losses
+
+    logits = logits.clone().requires_grad_(True)
+    pred_boxes = pred_boxes.clone().requires_grad_(True)
+    out = rs_head_losses(logits, ignored, pos_rows, pos_classes, pred_boxes, gt_boxes, 0.5,
+                         ranking_pool=pool)
+    (out.rank + out.sort + out.box).backward()
+    return ([float(out.rank), float(out.sort), float(out.box), out.box_balance],
+            logits.grad, pred_boxes.grad)
+
+
+def _recipe_worker(rank, world, port, path):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    logits, ignored, pos_rows, pos_classes, pred, gt = _recipe_inputs()
+    rows = slice(0, 23) if rank == 0 else slice(23, None)
+    mine = (pos_rows >= rows.start) & (pos_rows < (rows.stop or len(logits)))
+    torch.save(_recipe_step(logits[rows], ignored[rows], pos_rows[mine] - rows.start,
+                            pos_classes[mine], pred[mine], gt[mine], "global"), f"{path}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_global_recipe_values_balance_and_gradients_in_float64():
+    """rs_head_losses itself (RS Loss, balanced GIoU) split over two processes, float64:
+    the rank, sort and box losses, the balance coefficient and the gradients of the logits
+    and the boxes (/ world size) within 1e-6 of one process holding all candidates."""
+    values, g_logits, g_boxes = _recipe_step(*_recipe_inputs(), "global")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "out")
+        mp.spawn(_recipe_worker, args=(2, _free_port(), path), nprocs=2, join=True)
+        parts = [torch.load(f"{path}.{r}") for r in range(2)]
+    pos_rows = _recipe_inputs()[2]
+    for rank, (rank_values, rank_logits, rank_boxes) in enumerate(parts):
+        assert rank_values == pytest.approx(values, abs=1e-6)
+        rows = slice(0, 23) if rank == 0 else slice(23, None)
+        mine = (pos_rows < 23) if rank == 0 else (pos_rows >= 23)
+        torch.testing.assert_close(rank_logits / 2, g_logits[rows], atol=1e-6, rtol=0)
+        torch.testing.assert_close(rank_boxes / 2, g_boxes[mine], atol=1e-6, rtol=0)
