@@ -1,4 +1,6 @@
 """Layers of rs_detectron2 that detectron2 does not have."""
+from .fast_matrix_nms import fast_nms, matrix_nms
+from .score_voting import score_voting
 from .sparse_roi_align import (
     SparseROIAlign,
     roi_align_sampling_matrix,
@@ -6,4 +8,5 @@ from .sparse_roi_align import (
     use_sparse_roi_align,
 )
 
-__all__ = ["SparseROIAlign", "roi_align_sampling_matrix", "sparse_roi_align", "use_sparse_roi_align"]
+__all__ = ["SparseROIAlign", "roi_align_sampling_matrix", "sparse_roi_align", "use_sparse_roi_align",
+           "fast_nms", "matrix_nms", "score_voting"]
