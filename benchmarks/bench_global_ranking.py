@@ -32,7 +32,7 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from rs_detectron2.losses import pooled_rank_sort_loss  # noqa: E402
-from rs_detectron2.losses.ranking_pool import gather_ranking_pool  # noqa: E402
+from rs_detectron2.losses.ranking_pool import gather_ranking_pool, ranking_pool_members  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import machine_line  # noqa: E402
@@ -61,15 +61,6 @@ def head_inputs(head: str, images: int, distribution: str, seed: int):
     return logits, targets
 
 
-def _kept(logits, targets, delta):
-    """This process's entries in the pool: positives, and negatives within δ of the lowest
-    positive of all processes."""
-    flat, flat_t = logits.reshape(-1), targets.reshape(-1)
-    lowest = torch.tensor([float(flat[flat_t > 0].min())])
-    dist.all_reduce(lowest, op=dist.ReduceOp.MIN)
-    return ((flat_t > 0) | ((flat_t == 0) & (flat >= float(lowest) - delta))).sum()
-
-
 def _timed(fn, repeats):
     times = []
     for _ in range(repeats):
@@ -91,7 +82,7 @@ def _worker(rank, world, port, images, repeats, path):
             x = logits.requires_grad_(True)
             # what each process sends: its positives and relevant negatives (the pool)
             _, pooled_targets = gather_ranking_pool(x.detach(), targets, 0.5)
-            kept = torch.tensor([int(_kept(x.detach(), targets, 0.5))])
+            kept = torch.tensor([int(ranking_pool_members(x, targets, 0.5).sum())])
             counts = [torch.zeros_like(kept) for _ in range(world)]
             dist.all_gather(counts, kept)
             counts = [int(c) for c in counts]

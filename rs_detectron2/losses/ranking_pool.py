@@ -30,8 +30,8 @@ from torch import Tensor
 from .ap_losses import ALRPLossOutput, alrp_loss, ap_loss
 from .rank_sort_loss import rank_sort_loss
 
-__all__ = ["RANKING_POOLS", "check_ranking_pool", "ranking_world_size", "gather_ranking_pool",
-           "global_sum", "pooled_rank_sort_loss", "pooled_ap_loss", "pooled_alrp_loss"]
+__all__ = ["RANKING_POOLS", "check_ranking_pool", "ranking_world_size", "ranking_pool_members",
+           "gather_ranking_pool", "global_sum", "pooled_rank_sort_loss", "pooled_ap_loss", "pooled_alrp_loss"]
 
 RANKING_POOLS = ("process", "global")
 
@@ -66,6 +66,11 @@ def _all_gather_variable(x: Tensor) -> Tuple[Tensor, List[int]]:
     return torch.cat([p[:n] for p, n in zip(parts, lengths)]), lengths
 
 
+def _is_global(pool: str) -> bool:
+    """Whether ``pool`` pools across processes here: "global" with more than one running."""
+    return check_ranking_pool(pool) == "global" and ranking_world_size() > 1
+
+
 class _GatherWithLocalGradient(torch.autograd.Function):
     """:func:`_all_gather_variable` whose backward hands each process ``world_size x`` the
     gradient of its own slice."""
@@ -83,21 +88,30 @@ class _GatherWithLocalGradient(torch.autograd.Function):
         return grad[ctx.start: ctx.start + ctx.size] * ctx.world
 
 
-def gather_ranking_pool(logits: Tensor, targets: Tensor, delta: float) -> Tuple[Tensor, Tensor]:
-    """The pool of every process's positives and relevant negatives: ``(logits, targets)``,
-    1-D, concatenated in rank order (identical on every process), differentiable into this
-    process's ``logits`` (``world_size x`` the gradient of its entries, see the module
-    docstring). Targets follow :func:`~.rank_sort.rank_sort_loss`: > 0 positive, 0 negative,
-    < 0 ignored (ignored entries and irrelevant negatives are not sent)."""
-    target_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    flat_logits, flat_targets = logits.reshape(-1), targets.reshape(-1).to(target_dtype)
+def ranking_pool_members(logits: Tensor, targets: Tensor, delta: float) -> Tensor:
+    """Which of this process's (flattened) entries go into the pool: its positives, and its
+    negatives scored at least the lowest positive score of all processes minus ``delta``
+    (every other negative has H = 0 for every positive). A collective: every process calls
+    it."""
+    flat_logits, flat_targets = logits.detach().reshape(-1), targets.reshape(-1)
     positive = flat_targets > 0
-    local_min = flat_logits.detach()[positive].min() if bool(positive.any()) else None
+    local_min = flat_logits[positive].min() if bool(positive.any()) else None
     lowest = torch.tensor([float("inf") if local_min is None else float(local_min)],
                           dtype=torch.float64, device=logits.device)
     dist.all_reduce(lowest, op=dist.ReduceOp.MIN)
-    threshold = float(lowest) - float(delta)
-    keep = positive | ((flat_targets == 0) & (flat_logits.detach() >= threshold))
+    return positive | ((flat_targets == 0) & (flat_logits >= float(lowest) - float(delta)))
+
+
+def gather_ranking_pool(logits: Tensor, targets: Tensor, delta: float) -> Tuple[Tensor, Tensor]:
+    """The pool of every process's positives and relevant negatives
+    (:func:`ranking_pool_members`): ``(logits, targets)``, 1-D, concatenated in rank order
+    (identical on every process), differentiable into this process's ``logits``
+    (``world_size x`` the gradient of its entries, see the module docstring). Targets follow
+    :func:`~.rank_sort_loss.rank_sort_loss`: > 0 positive, 0 negative, < 0 ignored (ignored
+    entries and irrelevant negatives are not sent)."""
+    target_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    flat_logits, flat_targets = logits.reshape(-1), targets.reshape(-1).to(target_dtype)
+    keep = ranking_pool_members(flat_logits, flat_targets, delta)
     pooled_logits = _GatherWithLocalGradient.apply(flat_logits[keep])
     pooled_targets, _ = _all_gather_variable(flat_targets[keep].detach())
     return pooled_logits, pooled_targets
@@ -122,9 +136,7 @@ class _GlobalSum(torch.autograd.Function):
 def global_sum(x: Tensor, pool: str = "global") -> Tensor:
     """``x`` summed over all processes when ``pool`` is "global" and several run (with the
     gradient scaling of the module docstring); ``x`` itself otherwise."""
-    if check_ranking_pool(pool) == "process" or ranking_world_size() == 1:
-        return x
-    return _GlobalSum.apply(x)
+    return _GlobalSum.apply(x) if _is_global(pool) else x
 
 
 def pooled_rank_sort_loss(logits: Tensor, targets: Tensor, delta: float = 0.5,
@@ -132,14 +144,9 @@ def pooled_rank_sort_loss(logits: Tensor, targets: Tensor, delta: float = 0.5,
     """:func:`~.rank_sort_loss.rank_sort_loss` over this process's entries ("process") or
     over the pool of all processes (:func:`gather_ranking_pool`, "global"); the same
     ``(loss_rank, loss_sort)`` on every process with "global"."""
-    if check_ranking_pool(pool) == "process" or ranking_world_size() == 1:
+    if not _is_global(pool):
         return rank_sort_loss(logits, targets, delta)
-    pooled_logits, pooled_targets = gather_ranking_pool(logits, targets, delta)
-    return rank_sort_loss(pooled_logits, pooled_targets, delta)
-
-
-def _is_global(pool: str) -> bool:
-    return check_ranking_pool(pool) == "global" and ranking_world_size() > 1
+    return rank_sort_loss(*gather_ranking_pool(logits, targets, delta), delta)
 
 
 def pooled_ap_loss(logits: Tensor, targets: Tensor, delta: float = 1.0,
