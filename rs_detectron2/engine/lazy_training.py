@@ -24,7 +24,8 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from .dataset_check import check_classes, lazy_model_num_classes
-from .ranking_check import RankingStallCheck
+from .ranking_check import RankingStallCheck, rank_loss_scales
+from .trainer import cpu_ddp_kwargs
 
 __all__ = ["default_rs_lazy_setup", "do_test", "do_train", "evaluate_checkpoint",
            "ranking_check_settings", "lazy_dataset_names"]
@@ -106,26 +107,6 @@ def ranking_check_settings(cfg: Any) -> Dict[str, float]:
     return settings
 
 
-def _rank_loss_scales(model: nn.Module) -> Dict[str, float]:
-    """The weight ``loss_rpn_rank`` is logged with (an RPN's ``loss_weight["loss_rpn_cls"]``),
-    so the stall check reads it as a ranking error."""
-    rpn = getattr(model, "proposal_generator", None)
-    weights = getattr(rpn, "loss_weight", None)
-    if isinstance(weights, dict) and "loss_rpn_cls" in weights:
-        return {"loss_rpn_rank": float(weights["loss_rpn_cls"])}
-    return {}
-
-
-def _ddp_kwargs(model: nn.Module, ddp: Dict[str, Any]) -> Dict[str, Any]:
-    """``train.ddp``, plus ``device_ids=None`` for a CPU model in a multi-process run
-    (PyTorch's DistributedDataParallel rejects device ids for CPU modules)."""
-    kwargs = dict(ddp)
-    on_cpu = {p.device.type for p in model.parameters()} == {"cpu"}
-    if on_cpu and comm.get_world_size() > 1:
-        kwargs.setdefault("device_ids", None)
-    return kwargs
-
-
 def do_train(args: argparse.Namespace, cfg: Any) -> Dict[str, Any]:
     """Train ``cfg.model`` as detectron2's ``lazyconfig_train_net.do_train`` does, with the
     classes check first and :class:`RankingStallCheck` among the hooks; returns the last
@@ -136,13 +117,13 @@ def do_train(args: argparse.Namespace, cfg: Any) -> Dict[str, Any]:
     model = instantiate(cfg.model)
     logger.info(f"Model:\n{model}")
     model.to(cfg.train.device)
-    rank_loss_scales = _rank_loss_scales(model)
+    loss_scales = rank_loss_scales(model)
 
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
 
-    model = create_ddp_model(model, **_ddp_kwargs(model, cfg.train.ddp))
+    model = create_ddp_model(model, **cpu_ddp_kwargs(model, cfg.train.ddp))
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(
         model, train_loader, optimizer)
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
@@ -161,7 +142,7 @@ def do_train(args: argparse.Namespace, cfg: Any) -> Dict[str, Any]:
         if comm.is_main_process() else None,
         hooks.EvalHook(cfg.train.eval_period, test_and_keep),
         RankingStallCheck(int(check["period"]), float(check["threshold"]),
-                          loss_scales=rank_loss_scales) if check["period"] > 0 else None,
+                          loss_scales=loss_scales) if check["period"] > 0 else None,
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
                              period=cfg.train.log_period)
         if comm.is_main_process() else None,
@@ -179,6 +160,6 @@ def evaluate_checkpoint(cfg: Any) -> Dict[str, Any]:
     _check_classes(cfg, "test")
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
-    model = create_ddp_model(model, **_ddp_kwargs(model, {}))
+    model = create_ddp_model(model, **cpu_ddp_kwargs(model, {}))
     DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
     return do_test(cfg, model)

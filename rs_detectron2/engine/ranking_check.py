@@ -12,7 +12,7 @@ from typing import Dict, List, Mapping, Optional
 
 from detectron2.engine import HookBase
 
-__all__ = ["RankingStallCheck", "ranking_loss_names"]
+__all__ = ["RankingStallCheck", "ranking_loss_names", "rank_loss_scales"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,16 @@ _RANK_LOSS = re.compile(r"^loss_(\w+_)?rank(_stage\d+)?$")
 def ranking_loss_names(names) -> List[str]:
     """The names among ``names`` that are RS ranking losses."""
     return sorted(n for n in names if _RANK_LOSS.match(n))
+
+
+def rank_loss_scales(model) -> Dict[str, float]:
+    """The weight ``loss_rpn_rank`` is logged with (the RPN's ``loss_weight["loss_rpn_cls"]``,
+    ``MODEL.RPN.LOSS_WEIGHT``), so that the check reads it as a ranking error; {} for a model
+    without an RPN."""
+    weights = getattr(getattr(model, "proposal_generator", None), "loss_weight", None)
+    if isinstance(weights, dict) and "loss_rpn_cls" in weights:
+        return {"loss_rpn_rank": float(weights["loss_rpn_cls"])}
+    return {}
 
 
 class RankingStallCheck(HookBase):

@@ -10,7 +10,7 @@ import argparse
 import contextlib
 import logging
 import os
-from typing import Any, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import torch
 from torch import nn
@@ -28,9 +28,9 @@ from ..evaluation import build_rs_evaluator
 from ..modeling.backbone import check_deformable_backbone
 from ..modeling.sparse_poolers import use_sparse_cpu_poolers
 from .dataset_check import check_dataset_classes
-from .ranking_check import RankingStallCheck
+from .ranking_check import RankingStallCheck, rank_loss_scales
 
-__all__ = ["RSTrainer", "default_rs_setup", "fall_back_to_cpu"]
+__all__ = ["RSTrainer", "default_rs_setup", "fall_back_to_cpu", "cpu_ddp_kwargs"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,17 @@ logger = logging.getLogger(__name__)
 def _is_cpu_module(model: nn.Module) -> bool:
     """Whether all parameters of ``model`` live on the CPU (and it has some)."""
     return {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+def cpu_ddp_kwargs(model: nn.Module, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """``kwargs`` of detectron2's ``create_ddp_model``, plus ``device_ids=None`` when the
+    caller gave none, ``model`` is on the CPU and several processes run: PyTorch's
+    DistributedDataParallel rejects device ids for a CPU module."""
+    kwargs = dict(kwargs)
+    if "device_ids" not in kwargs and _is_cpu_module(model) and comm.get_world_size() > 1:
+        logger.info("Model is on the CPU: DistributedDataParallel gets device_ids=None.")
+        kwargs["device_ids"] = None
+    return kwargs
 
 
 @contextlib.contextmanager
@@ -56,10 +67,7 @@ def _cpu_ddp_without_device_ids() -> Iterator[None]:
     original = _d2_defaults.create_ddp_model
 
     def create_ddp_model(model: nn.Module, **kwargs: Any) -> nn.Module:
-        if "device_ids" not in kwargs and _is_cpu_module(model) and comm.get_world_size() > 1:
-            logger.info("Model is on the CPU: DistributedDataParallel gets device_ids=None.")
-            kwargs["device_ids"] = None
-        return original(model, **kwargs)
+        return original(model, **cpu_ddp_kwargs(model, kwargs))
 
     _d2_defaults.create_ddp_model = create_ddp_model
     try:
@@ -101,10 +109,9 @@ class RSTrainer(DefaultTrainer):
         hooks = super().build_hooks()
         check = self.cfg.MODEL.RS.RANKING_CHECK
         if check.PERIOD > 0:
-            stall = RankingStallCheck(
-                check.PERIOD, check.THRESHOLD,
-                loss_scales={"loss_rpn_rank": self.cfg.MODEL.RPN.LOSS_WEIGHT},
-            )
+            model = getattr(self.model, "module", self.model)  # under DDP, the wrapped one
+            stall = RankingStallCheck(check.PERIOD, check.THRESHOLD,
+                                      loss_scales=rank_loss_scales(model))
             hooks.insert(len(hooks) - 1 if comm.is_main_process() else len(hooks), stall)
         return hooks
 
