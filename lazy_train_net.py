@@ -15,13 +15,13 @@ configs train with train_net.py.
 import argparse
 from typing import Any, Dict
 
-from detectron2.engine import launch
 
 import rs_detectron2.config  # noqa: F401  (registers the RS heads, datasets and weights)
 from rs_detectron2.engine import (
     default_rs_lazy_setup,
     do_train,
     evaluate_checkpoint,
+    launch_from_args,
     register_datasets_from_args,
     rs_argument_parser,
 )
@@ -48,14 +48,7 @@ Your own dataset (COCO JSON + image folder), e.g.:
 def invoke_main() -> None:
     args = rs_argument_parser(epilog=_EPILOG).parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(main, args)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from typing import Any, Dict, Optional
 
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import launch
 from detectron2.evaluation import verify_results
 
 import rs_detectron2.config  # noqa: F401  (registers the RS heads, datasets and weights)
@@ -24,6 +23,7 @@ from rs_detectron2.engine import (
     RSTrainer,
     check_dataset_classes,
     default_rs_setup,
+    launch_from_args,
     register_datasets_from_args,
     rs_argument_parser,
 )
@@ -54,14 +54,7 @@ def main(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
 def invoke_main() -> None:
     args = rs_argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(main, args)
 
 
 if __name__ == "__main__":

@@ -113,17 +113,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    from detectron2.engine import launch
+    from rs_detectron2.engine import launch_from_args
 
     args = _parser().parse_args()
     if not args.config_file:
         args.config_file = TINY_CONFIG
     register_tiny_coco(args.tiny_data)  # writes the files once, before the workers start
-    launch(
-        _worker,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(_worker, args)

@@ -6,13 +6,13 @@ also works with ``--num-gpus N``); point ``DATASETS.TRAIN`` / ``DATASETS.TEST`` 
 names in the config overrides. No Python file is needed for a dataset of one's own.
 """
 import argparse
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_instances
-from detectron2.engine import default_argument_parser
+from detectron2.engine import default_argument_parser, launch
 
-__all__ = ["rs_argument_parser", "register_datasets_from_args"]
+__all__ = ["rs_argument_parser", "register_datasets_from_args", "launch_from_args"]
 
 _EPILOG = """
 Your own dataset (COCO JSON + image folder), e.g.:
@@ -46,3 +46,10 @@ def register_datasets_from_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--coco-dataset {name}: a dataset of that name is already "
                              f"registered ({meta.get('json_file', 'not from a JSON')}); pick another name")
         register_coco_instances(name, {}, json_file, image_root)
+
+
+def launch_from_args(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> None:
+    """detectron2's ``launch`` of ``main(args)`` with the processes and machines that
+    ``args`` (a ``default_argument_parser`` result) asks for."""
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
