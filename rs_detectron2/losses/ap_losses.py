@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from .rank_sort_loss import (
+    _check_finite,
+    _check_tensors,
     _RelevantNegatives,
     _false_positive_mass,
     _scatter_negative_gradient,
@@ -46,24 +48,10 @@ ALRP_EPS = 1e-5
 
 def _check_ranking_inputs(name: str, logits: Tensor, targets: Tensor, delta: float) -> None:
     """The checks of ``rank_sort_loss`` for losses whose positives are any target > 0."""
-    if not torch.is_tensor(logits) or not torch.is_tensor(targets):
-        raise TypeError(f"{name}: logits and targets must be tensors")
-    if not logits.is_floating_point():
-        raise TypeError(f"{name}: logits must be floating point, got {logits.dtype}")
-    if logits.numel() != targets.numel():
-        raise ValueError(
-            f"{name}: logits ({tuple(logits.shape)}) and targets ({tuple(targets.shape)}) "
-            "must have the same number of elements"
-        )
-    if logits.device != targets.device:
-        raise ValueError(f"{name}: logits on {logits.device} but targets on {targets.device}")
+    _check_tensors(name, logits, targets)
     if not (delta >= 0 and delta < float("inf")):
         raise ValueError(f"{name}: delta must be finite and >= 0, got {delta}")
-    if logits.numel() and not bool(torch.isfinite(logits).all()):
-        raise FloatingPointError(
-            f"{name}: logits contain NaN or Inf; training has diverged "
-            "(lower the learning rate or check the inputs)"
-        )
+    _check_finite(name, logits)
     if targets.is_floating_point() and targets.numel() and bool(torch.isnan(targets).any()):
         raise ValueError(
             f"{name}: targets contain NaN; use > 0 for positives, 0 for negatives and "

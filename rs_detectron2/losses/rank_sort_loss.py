@@ -625,28 +625,37 @@ class _RankSortFunction(torch.autograd.Function):
         return grad.to(ctx.logits_dtype), None, None
 
 
-def _check_inputs(logits: Tensor, targets: Tensor, delta: float) -> None:
+def _check_tensors(name: str, logits: Tensor, targets: Tensor) -> None:
+    """The checks every ranking loss of the package makes of its two tensors (``name`` in
+    the messages): tensors, floating-point logits, as many targets, the same device."""
     if not torch.is_tensor(logits) or not torch.is_tensor(targets):
-        raise TypeError("rank_sort_loss: logits and targets must be tensors")
+        raise TypeError(f"{name}: logits and targets must be tensors")
     if not logits.is_floating_point():
-        raise TypeError(f"rank_sort_loss: logits must be floating point, got {logits.dtype}")
+        raise TypeError(f"{name}: logits must be floating point, got {logits.dtype}")
     if logits.numel() != targets.numel():
         raise ValueError(
-            f"rank_sort_loss: logits ({tuple(logits.shape)}) and targets "
+            f"{name}: logits ({tuple(logits.shape)}) and targets "
             f"({tuple(targets.shape)}) must have the same number of elements"
         )
     if logits.device != targets.device:
-        raise ValueError(
-            f"rank_sort_loss: logits on {logits.device} but targets on {targets.device}"
-        )
-    if not delta >= 0:
-        raise ValueError(f"rank_sort_loss: delta must be >= 0, got {delta}")
+        raise ValueError(f"{name}: logits on {logits.device} but targets on {targets.device}")
+
+
+def _check_finite(name: str, logits: Tensor) -> None:
+    """FloatingPointError, naming the loss, when ``logits`` hold NaN or Inf."""
     # One reduction each (min and max propagate NaN), no boolean copy of the inputs.
     if logits.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(logits))).all()):
         raise FloatingPointError(
-            "rank_sort_loss: logits contain NaN or Inf; training has diverged "
+            f"{name}: logits contain NaN or Inf; training has diverged "
             "(lower the learning rate or check the inputs)"
         )
+
+
+def _check_inputs(logits: Tensor, targets: Tensor, delta: float) -> None:
+    _check_tensors("rank_sort_loss", logits, targets)
+    if not delta >= 0:
+        raise ValueError(f"rank_sort_loss: delta must be >= 0, got {delta}")
+    _check_finite("rank_sort_loss", logits)
     if targets.numel() and not bool(targets.max() <= 1):  # False for NaN too
         raise ValueError(
             "rank_sort_loss: targets must be IoUs in (0, 1] for positives, 0 for negatives "
