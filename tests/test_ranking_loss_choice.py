@@ -137,3 +137,37 @@ def test_a_bad_ranking_loss_name_fails_at_build():
     cfg = _cfg("rs_mask_rcnn_R_18_FPN.yaml", "focal")
     with pytest.raises(ValueError, match="MODEL.RS.RANKING_LOSS must be one of"):
         RSTrainer.build_model(cfg)
+
+
+def _ignored_messages(cfg, caplog):
+    import logging
+
+    logger = logging.getLogger("rs_detectron2")  # may not propagate (setup_logger)
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="rs_detectron2"):
+            RSTrainer.build_model(cfg)
+    finally:
+        logger.removeHandler(caplog.handler)
+    records = {id(r): r for r in caplog.records}.values()
+    return [r.getMessage() for r in records if "MODEL.RS.RANKING_LOSS" in r.getMessage()]
+
+
+def test_keys_the_chosen_ranking_loss_does_not_read_are_named(caplog):
+    cfg = _cfg("rs_atss_R_18_FPN.yaml", "ap")
+    cfg.MODEL.RS.DELTA = 0.3  # RS Loss's delta: AP Loss reads AP_DELTA
+    messages = _ignored_messages(cfg, caplog)
+    assert any("MODEL.RS.DELTA = 0.3" in m and "'ap'" in m for m in messages), messages
+    caplog.clear()
+    cfg = _cfg("rs_atss_R_18_FPN.yaml", "rank_sort")
+    cfg.MODEL.RS.AP_DELTA, cfg.MODEL.RS.ALRP_SB_PERIOD = 2.0, 123
+    messages = _ignored_messages(cfg, caplog)
+    assert any("MODEL.RS.AP_DELTA = 2.0" in m and "MODEL.RS.ALRP_SB_PERIOD = 123" in m
+               for m in messages), messages
+    caplog.clear()
+    # the shipped aLRP config sets its period, which aLRP reads: nothing to name
+    cfg = get_cfg()
+    add_rs_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "Synthetic", "alrp_atss_R_18_FPN.yaml"))
+    cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS = "cpu", ""
+    assert not _ignored_messages(cfg, caplog)

@@ -16,8 +16,13 @@ __all__ = ["warn_ignored_keys"]
 
 
 @lru_cache(maxsize=1)
-def _detectron2_defaults() -> CfgNode:
-    return get_cfg()
+def _defaults() -> CfgNode:
+    """detectron2's defaults with rs_detectron2's keys (``add_rs_config``) added."""
+    from ..config import add_rs_config  # the config module imports the heads: not at import
+
+    cfg = get_cfg()
+    add_rs_config(cfg)
+    return cfg
 
 
 def _lookup(cfg: CfgNode, key: str) -> Any:
@@ -29,9 +34,9 @@ def _lookup(cfg: CfgNode, key: str) -> Any:
 
 def warn_ignored_keys(cfg: CfgNode, keys: Sequence[str], module: str, why: str) -> None:
     """Log one warning (once per distinct message) listing the ``keys`` (full dotted names)
-    that ``cfg`` sets away from detectron2's defaults although ``module`` does not read them
-    (``why`` says what replaces them)."""
-    defaults = _detectron2_defaults()
+    that ``cfg`` sets away from their defaults (detectron2's, or rs_detectron2's for its own
+    keys) although ``module`` does not read them (``why`` says what replaces them)."""
+    defaults = _defaults()
     changed = [(k, _lookup(cfg, k)) for k in keys if _lookup(cfg, k) != _lookup(defaults, k)]
     if not changed:
         return

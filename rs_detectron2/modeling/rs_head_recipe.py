@@ -23,6 +23,8 @@ from rs_detectron2.losses import (
     pooled_rank_sort_loss,
 )
 
+from .ignored_keys import warn_ignored_keys
+
 _EPS = 1e-10
 # The classification losses an RS head can train with (MODEL.RS.RANKING_LOSS).
 RANKING_LOSSES = ("rank_sort", "ap", "alrp")
@@ -122,9 +124,16 @@ class SelfBalance(nn.Module):
 def ranking_loss_args(cfg) -> Dict[str, object]:
     """The RS heads' loss arguments from ``cfg.MODEL.RS``: ``ranking_loss``
     (``RANKING_LOSS``), ``delta`` (``DELTA`` for RS Loss, ``AP_DELTA`` for AP and aLRP
-    Loss), ``ranking_pool`` (``RANKING_POOL``) and ``alrp_sb_period`` (``ALRP_SB_PERIOD``)."""
+    Loss), ``ranking_pool`` (``RANKING_POOL``) and ``alrp_sb_period`` (``ALRP_SB_PERIOD``).
+    Warns once when the config sets one of the keys that the chosen loss does not read."""
     rs = cfg.MODEL.RS
     loss = check_ranking_loss(rs.RANKING_LOSS)
+    unread = ["MODEL.RS.AP_DELTA"] if loss == "rank_sort" else ["MODEL.RS.DELTA"]
+    if loss != "alrp":
+        unread.append("MODEL.RS.ALRP_SB_PERIOD")
+    warn_ignored_keys(cfg, unread, f"MODEL.RS.RANKING_LOSS {loss!r}",
+                      "AP_DELTA is the δ of AP and aLRP Loss, DELTA RS Loss's; ALRP_SB_PERIOD "
+                      "is aLRP's")
     return {"ranking_loss": loss, "delta": rs.DELTA if loss == "rank_sort" else rs.AP_DELTA,
             "ranking_pool": rs.RANKING_POOL, "alrp_sb_period": rs.ALRP_SB_PERIOD}
 
