@@ -62,6 +62,16 @@ def add_rs_config(cfg: CN) -> None:
     # The head, by name in RS_ONE_STAGE_HEAD_REGISTRY: "RSATSSHead" (a learnable scale per
     # level on the box deltas, no centerness) or detectron2's "RetinaNetHead".
     cfg.MODEL.RS_RETINANET.HEAD_NAME = "RSATSSHead"
+    # PAA's assignment and test-time score voting (meta-architectures RSPAA and its
+    # stock-loss twin PAA, rs_detectron2.modeling.meta_arch.paa); published values.
+    cfg.MODEL.PAA = CN()
+    # Candidates per pyramid level and ground truth that the Gaussian mixture splits.
+    cfg.MODEL.PAA.TOPK = 9
+    # An anchor whose highest IoU with a ground truth reaches this is its candidate.
+    cfg.MODEL.PAA.CANDIDATE_IOU = 0.1
+    # Move each detection kept by NMS to the score- and overlap-weighted mean of the
+    # candidate boxes of its class (IoU > 0.01, weights exp(-(1 - IoU)^2 / 0.025) x score).
+    cfg.MODEL.PAA.SCORE_VOTING = True
     # P6/P7 of the one-stage FPN backbones (build_retinanet_*_fpn_backbone of
     # rs_detectron2.modeling.backbone; detectron2's own builders do not read it):
     # "P5_NO_RELU" (published ATSS: P6 from P5's output, no ReLU before P7) or "RES5_RELU"
@@ -105,6 +115,12 @@ def add_rs_config(cfg: CN) -> None:
     for old, new in _RENAMED_KEYS:
         if not cfg.key_is_renamed(old):  # add_rs_config may be called twice on one config
             cfg.register_renamed_key(old, new, message=_RENAMED_MESSAGE)
+
+    # How DATALOADER.SAMPLER_TRAIN "RepeatFactorTrainingSampler" rounds an image's repeat
+    # factor r each epoch: "stochastic" (detectron2: floor(r), plus 1 with probability of the
+    # fraction) or "ceil" (published, mmdetection's ClassBalancedDataset: ceil(r) every
+    # epoch; rs_detectron2.data.repeat_factor_sampler). Read by RSTrainer.build_train_loader.
+    cfg.DATALOADER.REPEAT_ROUNDING = "stochastic"
 
     # oLRP evaluation (rs_detectron2.evaluation.OLRPEvaluator), next to COCO / LVIS AP.
     cfg.TEST.OLRP = CN()

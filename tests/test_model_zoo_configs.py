@@ -86,6 +86,8 @@ def test_resnext_is_64x4d():
 # paper's box AP or None where the paper has no such row).
 ONE_STAGE = {
     "COCO-Detection/rs_atss_R_50_FPN_1x.yaml": ("atss", "RSATSSHead", "P5_NO_RELU", 3, "39.9"),
+    "COCO-Detection/rs_atss_R_50_FPN_1x_torchvision.yaml":
+        ("atss", "RSATSSHead", "P5_NO_RELU", 3, "39.9"),
     "COCO-Detection/rs_retinanet_R_50_FPN_1x.yaml": ("iou", "RetinaNetHead", "RES5_RELU", 9, None),
 }
 
@@ -149,8 +151,10 @@ def test_lvis_config():
     assert cfg.TEST.DETECTIONS_PER_IMAGE == 300 and cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == 0.60
     assert cfg.SOLVER.IMS_PER_BATCH == 16 and cfg.SOLVER.BASE_LR == 0.012
     assert (cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.WARMUP_FACTOR) == (500, 0.001)
-    # 12 epochs of 100,170 ... 114,868 repeated images (see the config's comment).
-    assert 12 * 100170 / 16 <= cfg.SOLVER.MAX_ITER <= 12 * 114868 / 16 + 1
+    # Published rounding, ceil(r_i); 12 epochs of 100,323 ... 127,402 repeated images (the
+    # bounds from per-class image counts, see the config's comment).
+    assert cfg.DATALOADER.REPEAT_ROUNDING == "ceil"
+    assert 12 * 100323 / 16 <= cfg.SOLVER.MAX_ITER <= 12 * 127402 / 16 + 1
     assert [round(s / cfg.SOLVER.MAX_ITER * 12, 2) for s in cfg.SOLVER.STEPS] == [8, 11]
 
 

@@ -1,7 +1,11 @@
 """PAA's two-Gaussian split (``fit_two_gaussians``): against a float64 per-row EM loop
 written from scikit-learn's GaussianMixture algorithm, and against GaussianMixture's own
-outputs for fixed rows, recorded here (scikit-learn is not a dependency)."""
+outputs recorded in this folder (scikit-learn is not a dependency): 4 hand-made rows
+below (scikit-learn's default reg_covar 1e-6, PAA's) and 60 random rows at the published
+RS-PAA's 1e-5 in data/paa_gmm_sklearn.json (written by record_paa_gmm_sklearn.py)."""
+import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -43,7 +47,7 @@ def _batch(rows):
 
 def test_matches_recorded_scikit_learn_outputs_in_one_batch():
     x, valid = _batch([r for r, _, _ in RECORDED])
-    prob, loglik = fit_two_gaussians(x, valid)
+    prob, loglik = fit_two_gaussians(x, valid, reg_covar=1e-6)
     for i, (row, expected_prob, expected_ll) in enumerate(RECORDED):
         n = len(row)
         np.testing.assert_allclose(prob[i, :n].numpy(), expected_prob, atol=1e-6)
@@ -51,7 +55,32 @@ def test_matches_recorded_scikit_learn_outputs_in_one_batch():
         assert bool((prob[i, n:] == 0).all()) and bool(torch.isinf(loglik[i, n:]).all())
 
 
-def _reference(row, max_iter=100, tol=1e-3, reg=1e-6):
+def _load_recorded():
+    with open(os.path.join(os.path.dirname(__file__), "data", "paa_gmm_sklearn.json")) as f:
+        return json.load(f)
+
+
+def test_matches_sixty_recorded_random_scikit_learn_fits_labels_exactly():
+    """All 60 rows in one batch: GaussianMixture.predict's labels exactly (component 0 =
+    foreground, the argmax of the posterior), score_samples to 1e-4 (measured: ~1e-12),
+    predict_proba[:, 0] to 1e-6."""
+    recorded = _load_recorded()
+    cases = recorded["cases"]
+    assert len(cases) >= 50 and recorded["reg_covar"] == 1e-5
+    x, valid = _batch([c["x"] for c in cases])
+    prob, loglik = fit_two_gaussians(x, valid)  # the default reg_covar is the published 1e-5
+    mixed = 0
+    for i, case in enumerate(cases):
+        n = len(case["x"])
+        labels = (prob[i, :n] < 0.5).long().tolist()  # 0 = foreground component
+        assert labels == case["labels"], i
+        np.testing.assert_allclose(loglik[i, :n].numpy(), case["log_likelihood"], atol=1e-4)
+        np.testing.assert_allclose(prob[i, :n].numpy(), case["foreground"], atol=1e-6)
+        mixed += 0 < sum(case["labels"]) < n
+    assert mixed >= 25  # most rows split into two non-empty components
+
+
+def _reference(row, max_iter=100, tol=1e-3, reg=1e-5):
     """scikit-learn's EM for a 1-D two-component mixture, written out per row."""
     x = np.asarray(row, dtype=np.float64)
     w, mu, var = np.array([0.5, 0.5]), np.array([x.min(), x.max()]), np.array([1.0, 1.0])

@@ -16,9 +16,14 @@ __all__ = ["model_num_classes", "lazy_model_num_classes", "check_dataset_classes
 
 def model_num_classes(cfg: CfgNode) -> Tuple[str, int]:
     """The config key holding the number of classes of ``cfg``'s model, and its value:
-    ``MODEL.RETINANET.NUM_CLASSES`` for the RetinaNet meta-architectures (detectron2's
-    and RSRetinaNet), ``MODEL.ROI_HEADS.NUM_CLASSES`` otherwise."""
-    if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE:
+    ``MODEL.RETINANET.NUM_CLASSES`` for the meta-architectures built on detectron2's
+    RetinaNet (RetinaNet, RSRetinaNet, RSPAA, PAA), ``MODEL.ROI_HEADS.NUM_CLASSES``
+    otherwise."""
+    from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
+
+    name = cfg.MODEL.META_ARCHITECTURE
+    arch = META_ARCH_REGISTRY.get(name) if name in META_ARCH_REGISTRY else None
+    if (isinstance(arch, type) and issubclass(arch, RetinaNet)) or "RetinaNet" in name:
         return "MODEL.RETINANET.NUM_CLASSES", int(cfg.MODEL.RETINANET.NUM_CLASSES)
     return "MODEL.ROI_HEADS.NUM_CLASSES", int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
 

@@ -17,6 +17,8 @@ from torch import nn
 
 import detectron2.engine.defaults as _d2_defaults
 from detectron2.config import CfgNode, get_cfg
+from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
@@ -24,6 +26,11 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_rs_config
 from ..data import register_rs_synthetic_datasets
+from ..data.repeat_factor_sampler import (
+    REPEAT_ROUNDINGS,
+    CeilRepeatFactorTrainingSampler,
+    repeated_epoch_size,
+)
 from ..evaluation import build_rs_evaluator
 from ..modeling.backbone import check_deformable_backbone
 from ..modeling.sparse_poolers import use_sparse_cpu_poolers
@@ -86,6 +93,8 @@ class RSTrainer(DefaultTrainer):
       which warns when an RS ranking loss has not started to fall;
     * a model on the CPU is wrapped in DistributedDataParallel with ``device_ids=None``,
       so ``train_net.py --num-gpus N`` also works on a CPU-only machine;
+    * :meth:`build_train_loader` rounds repeat factors as ``DATALOADER.REPEAT_ROUNDING``
+      says ("ceil": the published :class:`CeilRepeatFactorTrainingSampler`);
     * before anything is built it checks that the training datasets' classes fit the
       model and that the test datasets' classes are the model's
       (:func:`~.dataset_check.check_dataset_classes`); :meth:`test` checks them again.
@@ -123,6 +132,43 @@ class RSTrainer(DefaultTrainer):
         ``POOLER_SPARSE_CPU`` get the sparse CPU ROIAlign (any RoI heads, stock too)."""
         check_deformable_backbone(cfg)
         return use_sparse_cpu_poolers(super().build_model(cfg), cfg)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        """detectron2's training loader; with ``DATALOADER.REPEAT_ROUNDING`` "ceil" its
+        ``RepeatFactorTrainingSampler`` is :class:`CeilRepeatFactorTrainingSampler` (the
+        published rule: image i ceil(r_i) times every epoch), on detectron2's per-image
+        factors of the training dicts. "stochastic" is detectron2's loader unchanged. An
+        unknown value, or "ceil" with another sampler, raises ``ValueError``."""
+        rounding = cfg.DATALOADER.REPEAT_ROUNDING
+        if rounding not in REPEAT_ROUNDINGS:
+            raise ValueError(f"DATALOADER.REPEAT_ROUNDING must be one of {REPEAT_ROUNDINGS}, "
+                             f"got {rounding!r}")
+        if rounding == "stochastic":
+            return super().build_train_loader(cfg)
+        sampler_name = cfg.DATALOADER.SAMPLER_TRAIN
+        if sampler_name != "RepeatFactorTrainingSampler":
+            raise ValueError(
+                f"DATALOADER.REPEAT_ROUNDING 'ceil' rounds the repeat factors of "
+                f"DATALOADER.SAMPLER_TRAIN 'RepeatFactorTrainingSampler', but SAMPLER_TRAIN is "
+                f"{sampler_name!r}: set that sampler, or REPEAT_ROUNDING 'stochastic'")
+        # The dicts as detectron2's _train_loader_from_config gets them, loaded once and also
+        # given to the loader: the sampler's indices are the loader's.
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
+            if cfg.MODEL.KEYPOINT_ON else 0,
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+        )
+        factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+            dataset, cfg.DATALOADER.REPEAT_THRESHOLD, sqrt=cfg.DATALOADER.REPEAT_SQRT)
+        sampler = CeilRepeatFactorTrainingSampler(factors, seed=cfg.SEED)
+        size, batch = repeated_epoch_size(factors), cfg.SOLVER.IMS_PER_BATCH
+        logger.info(f"Using training sampler CeilRepeatFactorTrainingSampler (REPEAT_ROUNDING "
+                    f"'ceil'): {len(dataset)} images, {size} per epoch = {size / batch:.2f} "
+                    f"iterations at batch {batch}.")
+        return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler)
 
     @classmethod
     def test(cls, cfg: CfgNode, model: nn.Module, evaluators=None):

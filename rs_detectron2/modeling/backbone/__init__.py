@@ -23,6 +23,11 @@ from .retinanet_fpn import (
     build_retinanet_resnet_p3p7_fpn_backbone,
     build_retinanet_small_resnet_fpn_backbone,
 )
+from .torchvision_resnet import (
+    FrozenStatisticsBatchNorm2d,
+    build_retinanet_torchvision_resnet_p3p7_fpn_backbone,
+    convert_torchvision_resnet_state_dict,
+)
 
 __all__ = [
     "build_small_resnet",
@@ -31,6 +36,9 @@ __all__ = [
     "LastLevelP6P7FromP5",
     "build_retinanet_resnet_p3p7_fpn_backbone",
     "build_retinanet_small_resnet_fpn_backbone",
+    "FrozenStatisticsBatchNorm2d",
+    "build_retinanet_torchvision_resnet_p3p7_fpn_backbone",
+    "convert_torchvision_resnet_state_dict",
     "carafe",
     "CARAFE",
     "CARAFEUpsample",

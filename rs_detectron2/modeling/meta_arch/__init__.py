@@ -1,5 +1,10 @@
 """One-stage RS detectors (RetinaNet meta-architecture), registered on import."""
 from .atss import atss_match
+from .paa import PAA, RSPAA, PAAAssignment, candidate_scores, paa_candidates, paa_select
+from .paa_gmm import fit_two_gaussians
+from .padded_extent import anchors_in_padded_extent
 from .rs_retinanet import ASSIGNERS, RS_ONE_STAGE_HEAD_REGISTRY, RSATSSHead, RSRetinaNet
 
-__all__ = ["ASSIGNERS", "RS_ONE_STAGE_HEAD_REGISTRY", "RSATSSHead", "RSRetinaNet", "atss_match"]
+__all__ = ["ASSIGNERS", "RS_ONE_STAGE_HEAD_REGISTRY", "RSATSSHead", "RSRetinaNet", "atss_match",
+           "PAA", "RSPAA", "PAAAssignment", "candidate_scores", "paa_candidates", "paa_select",
+           "fit_two_gaussians", "anchors_in_padded_extent"]

@@ -3,9 +3,10 @@ two-component 1-D Gaussian mixture fitted to the candidates' scores by EM, batch
 all ground truths of a batch (Kim & Lee, ECCV 2020; the published PAA fits scikit-learn's
 ``GaussianMixture`` one ground truth at a time).
 
-The settings are scikit-learn's as PAA calls it: means initialised at the smallest and the
-largest score, equal weights, unit variances, variances regularised by 1e-6, at most 100
-EM iterations, stopping when the mean log-likelihood changes by less than 1e-3. PAA's
+The settings are scikit-learn's as the published RS-PAA calls it: means initialised at the
+smallest and the largest score, equal weights, unit variances, variances regularised by
+1e-5 (``reg_covar``; PAA's own code keeps scikit-learn's 1e-6), at most 100 EM
+iterations, stopping when the mean log-likelihood changes by less than 1e-3. PAA's
 scores are losses (lower is better), so component 0, started at the minimum, is the
 foreground one. This module is torch only (no scikit-learn).
 """
@@ -17,7 +18,7 @@ from torch import Tensor
 
 __all__ = ["fit_two_gaussians"]
 
-_REG_COVAR = 1e-6
+REG_COVAR = 1e-5  # the published RS-PAA's
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -28,8 +29,8 @@ def _weighted_log_prob(x: Tensor, weights: Tensor, means: Tensor, variances: Ten
     return log_normal + weights.log()[:, None, :]
 
 
-def fit_two_gaussians(x: Tensor, valid: Tensor, max_iter: int = 100,
-                      tol: float = 1e-3) -> Tuple[Tensor, Tensor]:
+def fit_two_gaussians(x: Tensor, valid: Tensor, max_iter: int = 100, tol: float = 1e-3,
+                      reg_covar: float = REG_COVAR) -> Tuple[Tensor, Tensor]:
     """Fit a two-component Gaussian mixture to each row's valid entries, all rows at once.
 
     Args:
@@ -37,6 +38,7 @@ def fit_two_gaussians(x: Tensor, valid: Tensor, max_iter: int = 100,
         valid: (G, M) bool, the entries of each row that take part.
         max_iter, tol: EM iterations at most, and the change of the mean log-likelihood of
             a row below which it stops (each row stops on its own).
+        reg_covar: added to every fitted variance.
 
     Returns:
         ``(foreground_probability, log_likelihood)``, both of the shape of ``x`` (float64):
@@ -44,7 +46,8 @@ def fit_two_gaussians(x: Tensor, valid: Tensor, max_iter: int = 100,
         log density, per entry, with the fitted parameters (scikit-learn's
         ``predict_proba(...)[:, 0]`` and ``score_samples``). Invalid entries get 0 and
         -inf; a row with fewer than 2 valid entries is not fitted (probability 1,
-        log-likelihood 0 for its valid entries: PAA keeps such candidates positive).
+        log-likelihood 0 for its valid entries; PAA's assignment gives such a ground truth
+        no positive, :func:`~.paa.paa_select`).
     """
     if x.shape != valid.shape or x.dim() != 2:
         raise ValueError(f"fit_two_gaussians: x and valid must be (G, M) alike, got "
@@ -76,7 +79,7 @@ def fit_two_gaussians(x: Tensor, valid: Tensor, max_iter: int = 100,
         nk = resp.sum(1) + 10 * torch.finfo(torch.float64).eps
         new_means = (resp * xv[..., None]).sum(1) / nk
         diff = xv[..., None] - new_means[:, None, :]
-        new_vars = (resp * diff * diff).sum(1) / nk + _REG_COVAR
+        new_vars = (resp * diff * diff).sum(1) / nk + reg_covar
         upd = active[:, None]
         weights = torch.where(upd, nk / nk.sum(1, keepdim=True), weights)
         means = torch.where(upd, new_means, means)
