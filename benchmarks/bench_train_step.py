@@ -4,7 +4,9 @@
 Pairs at R-50-FPN, 80 classes, random weights (MODEL.WEIGHTS "", nothing is loaded):
 detectron2's model-zoo Faster R-CNN vs configs/COCO-Detection/rs_faster_rcnn_R_50_FPN_1x.yaml,
 Mask R-CNN vs configs/COCO-InstanceSegmentation/rs_mask_rcnn_R_50_FPN_1x.yaml (default), and
-RetinaNet vs configs/COCO-Detection/rs_atss_R_50_FPN_1x.yaml (``--pairs atss``).
+RetinaNet vs configs/COCO-Detection/rs_atss_R_50_FPN_1x.yaml (``--pairs atss``), and
+RS-PAA (configs/COCO-Detection/rs_paa_R_50_FPN_1x.yaml) vs its stock-loss twin, the same
+config with meta-architecture PAA and detectron2's focal + GIoU losses (``--pairs paa``).
 One iteration is what detectron2's SimpleTrainer does: zero_grad, forward in training mode
 (under an EventStorage), sum of the losses, backward, SGD step (detectron2's
 ``build_optimizer``). The batch (default 2 random 800x1067 images, 7 random GT boxes each,
@@ -61,7 +63,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCHVISION_POOLING = ("MODEL.ROI_BOX_HEAD.POOLER_SPARSE_CPU", "False",
                        "MODEL.ROI_MASK_HEAD.POOLER_SPARSE_CPU", "False")
 
-# name -> (label, stock model-zoo config, RS config in this repository, masks?)
+# name -> (label, stock config: detectron2 model zoo, or "configs/..." of this repository,
+# RS config in this repository, masks?); STOCK_OPTS: overrides of a stock config.
 PAIRS = {
     "faster": ("Faster R-CNN R-50-FPN", "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml",
                "configs/COCO-Detection/rs_faster_rcnn_R_50_FPN_1x.yaml", False),
@@ -69,7 +72,10 @@ PAIRS = {
              "configs/COCO-InstanceSegmentation/rs_mask_rcnn_R_50_FPN_1x.yaml", True),
     "atss": ("RetinaNet vs RS-ATSS R-50-FPN", "COCO-Detection/retinanet_R_50_FPN_1x.yaml",
              "configs/COCO-Detection/rs_atss_R_50_FPN_1x.yaml", False),
+    "paa": ("PAA (focal + GIoU) vs RS-PAA R-50-FPN", "configs/COCO-Detection/rs_paa_R_50_FPN_1x.yaml",
+            "configs/COCO-Detection/rs_paa_R_50_FPN_1x.yaml", False),
 }
+STOCK_OPTS = {"paa": ("MODEL.META_ARCHITECTURE", "PAA", "MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "giou")}
 NUM_CLASSES = 80
 
 
@@ -271,8 +277,10 @@ def run_benchmark(
         # The same seed: both models of a pair get the same GT boxes.
         batch = make_batch(seed, batch_size, height, width, num_boxes,
                            masks if with_masks else None)
+        stock_file = (os.path.join(REPO, stock_config) if stock_config.startswith("configs/")
+                      else model_zoo.get_config_file(stock_config))
         steps[name] = {
-            "stock": TrainStep(build_cfg(model_zoo.get_config_file(stock_config), device, lr),
+            "stock": TrainStep(build_cfg(stock_file, device, lr, STOCK_OPTS.get(name, ())),
                                batch, seed, calibrate),
             "rs": TrainStep(build_cfg(os.path.join(REPO, rs_config), device, lr), batch, seed,
                             calibrate),

@@ -89,7 +89,10 @@ ONE_STAGE = {
     "COCO-Detection/rs_atss_R_50_FPN_1x_torchvision.yaml":
         ("atss", "RSATSSHead", "P5_NO_RELU", 3, "39.9"),
     "COCO-Detection/rs_retinanet_R_50_FPN_1x.yaml": ("iou", "RetinaNetHead", "RES5_RELU", 9, None),
+    # RS-PAA: RS-ATSS's model with PAA's assignment (the ATSS keys stay at their defaults)
+    "COCO-Detection/rs_paa_R_50_FPN_1x.yaml": ("atss", "RSATSSHead", "P5_NO_RELU", 3, "41.0"),
 }
+META_ARCHITECTURES = {"COCO-Detection/rs_paa_R_50_FPN_1x.yaml": "RSPAA"}
 
 
 @pytest.mark.parametrize("name", sorted(ONE_STAGE))
@@ -100,7 +103,7 @@ def test_one_stage_model(name):
     and matcher."""
     assigner, head, top_block, per_location, box_ap = ONE_STAGE[name]
     cfg = load(name)
-    assert cfg.MODEL.META_ARCHITECTURE == "RSRetinaNet"
+    assert cfg.MODEL.META_ARCHITECTURE == META_ARCHITECTURES.get(name, "RSRetinaNet")
     assert (cfg.MODEL.RS_RETINANET.ASSIGNER, cfg.MODEL.RS_RETINANET.HEAD_NAME,
             cfg.MODEL.FPN.P6P7_TOP_BLOCK) == (assigner, head, top_block)
     sizes, ratios = cfg.MODEL.ANCHOR_GENERATOR.SIZES, cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS
@@ -218,7 +221,8 @@ def test_one_synthetic_rs_recipe(folder, model):
 
 def test_synthetic_rs_box_head_is_the_layernorm_head_and_stock_keeps_detectron2s():
     for name in os.listdir(SYNTHETIC):
-        if not name.endswith(".yaml") or "retinanet" in name or "atss" in name or name.startswith("Base"):
+        if (not name.endswith(".yaml") or name.startswith("Base")
+                or any(one_stage in name for one_stage in ("retinanet", "atss", "paa"))):
             continue
         cfg = load(os.path.join("Synthetic", name))
         expected = "FastRCNNConvLNFCHead" if name.startswith("rs_") else "FastRCNNConvFCHead"

@@ -34,6 +34,8 @@ _PAIR_STEMS = OrderedDict(
                      rs="rs_atss_R_18_FPN"),
     # the ranking losses of the RS family on the same one-stage detector (MODEL.RS.RANKING_LOSS)
     ranking=OrderedDict(ap="ap_atss_R_18_FPN", alrp="alrp_atss_R_18_FPN", rs="rs_atss_R_18_FPN"),
+    # RS-PAA and its stock-loss twin (the same PAA detector, focal loss + GIoU)
+    paa=OrderedDict(stock="paa_R_18_FPN", rs="rs_paa_R_18_FPN"),
 )
 
 
@@ -50,7 +52,7 @@ DATASETS: Dict[str, Dict[str, Any]] = OrderedDict(
     rs_synthetic_hard=dict(train="rs_synthetic_hard_train", val="rs_synthetic_hard_val",
                            cfg_key="DATASETS.RS_SYNTHETIC_HARD", pairs=_pair_configs("_hard")),
 )
-PAIRS = ("faster", "mask", "atss", "ranking")
+PAIRS = ("faster", "mask", "atss", "ranking", "paa")
 # What runs without --pairs: the comparisons with detectron2's stock models.
 DEFAULT_PAIRS = ("faster", "mask", "atss")
 MODEL_NAMES = {
@@ -64,6 +66,8 @@ MODEL_NAMES = {
     ("ranking", "ap"): "ATSS with AP Loss",
     ("ranking", "alrp"): "ATSS with aLRP Loss",
     ("ranking", "rs"): "RS-ATSS",
+    ("paa", "stock"): "PAA, focal loss + GIoU",
+    ("paa", "rs"): "RS-PAA",
 }
 # Learning-rate grids; stock_gn defaults to the stock grid (--lrs-stock).
 DEFAULT_LRS = {"rs": (0.01, 0.02, 0.03), "stock": (0.01, 0.03, 0.06)}

@@ -101,6 +101,7 @@ def _header(results: Sequence[dict]) -> List[str]:
     max_iters = sorted({r["max_iter"] for r in results})
     pairs = {r["pair"] for r in results}
     title = ("# RS Loss vs the other ranking losses (AP Loss, aLRP Loss)" if pairs == {"ranking"}
+             else "# RS-PAA vs PAA with its standard losses (focal loss + GIoU)" if pairs == {"paa"}
              else "# RS detectors vs detectron2's stock detectors")
     if results:
         title += (f" ({' / '.join(regimes)} regime, "
