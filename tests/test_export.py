@@ -38,6 +38,7 @@ MODELS = {
                     "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", True]),
     "rs_atss": ("rs_atss_R_18_FPN.yaml", []),
     "rs_retinanet": ("Base-RS-Synthetic-R18-RetinaNet.yaml", []),
+    "rs_paa": ("rs_paa_R_18_FPN.yaml", []),  # with score voting
 }
 TWO_STAGE = ("rs_faster", "rs_mask", "rs_cascade")
 

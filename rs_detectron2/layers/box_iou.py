@@ -17,5 +17,7 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
     wh = (rb - lt).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]
     union = area_a[:, None] + area_b[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny),
+    positive = union > 0
+    # (a where, not a clamp at finfo.tiny: TorchScript has no torch.finfo)
+    return torch.where(positive, inter / torch.where(positive, union, torch.ones_like(union)),
                        torch.zeros_like(inter))
