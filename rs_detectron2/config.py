@@ -5,7 +5,8 @@ from detectron2.config import CfgNode as CN
 def add_rs_config(cfg: CN) -> None:
     """Add rs_detectron2's keys to ``cfg``, each in the node of the part it configures, with
     the published defaults: the RS loss and RS R-CNN recipe (``cfg.MODEL.RS``), the one-stage
-    RS detectors (``cfg.MODEL.RS_RETINANET``), the one-stage FPN's P6/P7
+    RS detectors (``cfg.MODEL.RS_RETINANET``), PAA's assignment (``cfg.MODEL.PAA``), the
+    repeat factor sampler's rounding (``cfg.DATALOADER.REPEAT_ROUNDING``), the one-stage FPN's P6/P7
     (``cfg.MODEL.FPN.P6P7_TOP_BLOCK``), the sparse CPU ROIAlign of each pooler
     (``cfg.MODEL.ROI_*_HEAD.POOLER_SPARSE_CPU``), CARAFE (``cfg.MODEL.CARAFE``), oLRP
     (``cfg.TEST.OLRP``) and the built-in synthetic datasets (``cfg.DATASETS.RS_SYNTHETIC*``).
