@@ -5,8 +5,10 @@ from detectron2.config import CfgNode as CN
 def add_rs_config(cfg: CN) -> None:
     """Add rs_detectron2's keys to ``cfg``, each in the node of the part it configures, with
     the published defaults: the RS loss and RS R-CNN recipe (``cfg.MODEL.RS``), the one-stage
-    RS detectors (``cfg.MODEL.RS_RETINANET``), PAA's assignment (``cfg.MODEL.PAA``), the
-    repeat factor sampler's rounding (``cfg.DATALOADER.REPEAT_ROUNDING``), the one-stage FPN's P6/P7
+    RS detectors (``cfg.MODEL.RS_RETINANET``), PAA's assignment (``cfg.MODEL.PAA``), YOLACT
+    (``cfg.MODEL.YOLACT``), the
+    repeat factor sampler's rounding (``cfg.DATALOADER.REPEAT_ROUNDING``), the training
+    augmentations (``cfg.INPUT.AUGMENTATIONS``), the one-stage FPN's P6/P7
     (``cfg.MODEL.FPN.P6P7_TOP_BLOCK``), the sparse CPU ROIAlign of each pooler
     (``cfg.MODEL.ROI_*_HEAD.POOLER_SPARSE_CPU``), CARAFE (``cfg.MODEL.CARAFE``), oLRP
     (``cfg.TEST.OLRP``) and the built-in synthetic datasets (``cfg.DATASETS.RS_SYNTHETIC*``).
@@ -73,6 +75,23 @@ def add_rs_config(cfg: CN) -> None:
     # Move each detection kept by NMS to the score- and overlap-weighted mean of the
     # candidate boxes of its class (IoU > 0.01, weights exp(-(1 - IoU)^2 / 0.025) x score).
     cfg.MODEL.PAA.SCORE_VOTING = True
+    # YOLACT (meta-architectures RSYOLACT and its stock-loss twin YOLACT,
+    # rs_detectron2.modeling.meta_arch.yolact); classes, IoU matcher, box coder and test
+    # thresholds are detectron2's MODEL.RETINANET keys. Published values.
+    cfg.MODEL.YOLACT = CN()
+    # Mask prototypes of the prototype net, and mask coefficients per anchor.
+    cfg.MODEL.YOLACT.NUM_PROTOS = 32
+    # Convs (3x3 + ReLU) of the head shared by the class, box and coefficient branches.
+    cfg.MODEL.YOLACT.NUM_HEAD_CONVS = 1
+    # Fast NMS at test time: the highest-scoring candidates kept per class.
+    cfg.MODEL.YOLACT.NMS_TOP_K = 200
+    # The stock losses (YOLACT only; RS-YOLACT's losses need no weights): hard negatives
+    # per positive of the OHEM cross entropy, weights of the smooth L1 box loss and of the
+    # box-area-normalised mask BCE, and the random positives per image with a mask loss.
+    cfg.MODEL.YOLACT.NEG_POS_RATIO = 3.0
+    cfg.MODEL.YOLACT.BOX_LOSS_WEIGHT = 1.5
+    cfg.MODEL.YOLACT.MASK_LOSS_WEIGHT = 6.125
+    cfg.MODEL.YOLACT.MAX_MASKS_TO_TRAIN = 100
     # P6/P7 of the one-stage FPN backbones (build_retinanet_*_fpn_backbone of
     # rs_detectron2.modeling.backbone; detectron2's own builders do not read it):
     # "P5_NO_RELU" (published ATSS: P6 from P5's output, no ReLU before P7) or "RES5_RELU"
@@ -122,6 +141,12 @@ def add_rs_config(cfg: CN) -> None:
     # fraction) or "ceil" (published, mmdetection's ClassBalancedDataset: ceil(r) every
     # epoch; rs_detectron2.data.repeat_factor_sampler). Read by RSTrainer.build_train_loader.
     cfg.DATALOADER.REPEAT_ROUNDING = "stochastic"
+
+    # The loaders' augmentations: "detectron2" (its DatasetMapper: ResizeShortestEdge + flip)
+    # or "yolact" (the published RS-YOLACT's: photometric distortion, expand, min-IoU crop,
+    # resize to MIN_SIZE_TEST x MIN_SIZE_TEST, flip; rs_detectron2.data.yolact_augmentations).
+    # Read by RSTrainer.build_train_loader and build_test_loader.
+    cfg.INPUT.AUGMENTATIONS = "detectron2"
 
     # oLRP evaluation (rs_detectron2.evaluation.OLRPEvaluator), next to COCO / LVIS AP.
     cfg.TEST.OLRP = CN()

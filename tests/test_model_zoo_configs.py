@@ -131,13 +131,50 @@ def test_one_stage_model(name):
         assert "no paper number" in header
 
 
+# One-stage instance segmentation: config -> (meta-architecture, paper's box AP, mask AP).
+INSTANCE_ONE_STAGE = {
+    "COCO-InstanceSegmentation/rs_yolact_R_50_FPN_55e.yaml": ("RSYOLACT", "33.8", "29.9"),
+}
+
+
+def test_rs_yolact_is_the_published_model():
+    """RS-YOLACT as published: torchvision R-50 (RGB, BN trained, nothing frozen), YOLACT's
+    FPN and anchors (24 x 2^l, 3 ratios, strides 550 / map side), IoU 0.4 / 0.5, 550 x 550
+    with YOLACT's augmentations, batch 8, lr 0.006, weight decay 5e-4, cosine, 55 epochs."""
+    name = "COCO-InstanceSegmentation/rs_yolact_R_50_FPN_55e.yaml"
+    arch, box_ap, mask_ap = INSTANCE_ONE_STAGE[name]
+    cfg = load(name)
+    assert cfg.MODEL.META_ARCHITECTURE == arch and cfg.MODEL.MASK_ON
+    assert cfg.MODEL.BACKBONE.NAME == "build_yolact_resnet_fpn_backbone"
+    assert cfg.MODEL.BACKBONE.FREEZE_AT == 0 and cfg.MODEL.RESNETS.NORM == "BN"
+    assert not cfg.MODEL.RESNETS.STRIDE_IN_1X1 and cfg.INPUT.FORMAT == "RGB"
+    assert cfg.MODEL.ANCHOR_GENERATOR.NAME == "FractionalStrideAnchorGenerator"
+    assert cfg.MODEL.ANCHOR_GENERATOR.SIZES == [[24 * 2 ** i] for i in range(5)]
+    assert cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS == [[0.5, 1.0, 2.0]]
+    assert cfg.MODEL.ANCHOR_GENERATOR.OFFSET == 0.5
+    assert list(cfg.MODEL.RETINANET.IOU_THRESHOLDS) == [0.4, 0.5]
+    assert (cfg.MODEL.YOLACT.NUM_PROTOS, cfg.MODEL.YOLACT.NUM_HEAD_CONVS,
+            cfg.MODEL.YOLACT.NMS_TOP_K) == (32, 1, 200)
+    assert (cfg.MODEL.RETINANET.SCORE_THRESH_TEST, cfg.MODEL.RETINANET.NMS_THRESH_TEST,
+            cfg.TEST.DETECTIONS_PER_IMAGE) == (0.05, 0.5, 100)
+    assert cfg.INPUT.AUGMENTATIONS == "yolact" and cfg.INPUT.MIN_SIZE_TEST == 550
+    assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY) == \
+        (8, 0.006, 0.0005)
+    assert cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupCosineLR"
+    assert (cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.WARMUP_FACTOR) == (500, 0.1)
+    assert abs(cfg.SOLVER.MAX_ITER - 55 * 117266 / 8) < 1
+    with open(os.path.join(ROOT, "configs", name)) as f:
+        header = f.readline()
+    assert re.search(rf"paper: {box_ap} box AP, {mask_ap} mask AP", header), header
+
+
 def test_every_coco_config_is_a_paper_row():
     shipped = set()
     for folder in ("COCO-Detection", "COCO-InstanceSegmentation"):
         for f in os.listdir(os.path.join(ROOT, "configs", folder)):
             if f.endswith(".yaml") and not f.startswith("Base-"):
                 shipped.add(f"{folder}/{f}")
-    assert shipped == set(ZOO) | set(ONE_STAGE)
+    assert shipped == set(ZOO) | set(ONE_STAGE) | set(INSTANCE_ONE_STAGE)
 
 
 def test_lvis_config():
@@ -222,7 +259,7 @@ def test_one_synthetic_rs_recipe(folder, model):
 def test_synthetic_rs_box_head_is_the_layernorm_head_and_stock_keeps_detectron2s():
     for name in os.listdir(SYNTHETIC):
         if (not name.endswith(".yaml") or name.startswith("Base")
-                or any(one_stage in name for one_stage in ("retinanet", "atss", "paa"))):
+                or any(one_stage in name for one_stage in ("retinanet", "atss", "paa", "yolact"))):
             continue
         cfg = load(os.path.join("Synthetic", name))
         expected = "FastRCNNConvLNFCHead" if name.startswith("rs_") else "FastRCNNConvFCHead"

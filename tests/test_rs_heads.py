@@ -286,10 +286,11 @@ def test_every_config_trains_one_iteration(config):
     optimizer.step()
     arch = cfg.MODEL.META_ARCHITECTURE
     sorts = cfg.MODEL.RS.RANKING_LOSS == "rank_sort"  # AP / aLRP Loss have no sorting part
-    if arch == "RSRetinaNet":  # one-stage RS
-        assert set(losses) == {"loss_rank", "loss_box"} | ({"loss_sort"} if sorts else set())
-    elif arch == "RetinaNet":  # detectron2's stock one-stage baseline
-        assert set(losses) == {"loss_cls", "loss_box_reg"}
+    if arch in ("RSRetinaNet", "RSPAA", "RSYOLACT"):  # one-stage RS
+        assert set(losses) == ({"loss_rank", "loss_box"} | ({"loss_sort"} if sorts else set())
+                               | ({"loss_mask"} if arch == "RSYOLACT" else set()))
+    elif arch in ("RetinaNet", "PAA", "YOLACT"):  # the stock one-stage baselines
+        assert set(losses) == {"loss_cls", "loss_box_reg"} | ({"loss_mask"} if arch == "YOLACT" else set())
     elif cfg.MODEL.PROPOSAL_GENERATOR.NAME == "RSRPN":
         assert {"loss_rpn_rank", "loss_rpn_sort", "loss_rpn_box"} <= set(losses)
     else:  # detectron2's stock baselines of the comparison

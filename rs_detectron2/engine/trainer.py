@@ -17,7 +17,11 @@ from torch import nn
 
 import detectron2.engine.defaults as _d2_defaults
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.evaluation import DatasetEvaluator
@@ -31,6 +35,7 @@ from ..data.repeat_factor_sampler import (
     CeilRepeatFactorTrainingSampler,
     repeated_epoch_size,
 )
+from ..data.yolact_augmentations import YOLACTDatasetMapper, input_augmentations
 from ..evaluation import build_rs_evaluator
 from ..modeling.backbone import check_deformable_backbone
 from ..modeling.sparse_poolers import use_sparse_cpu_poolers
@@ -95,6 +100,8 @@ class RSTrainer(DefaultTrainer):
       so ``train_net.py --num-gpus N`` also works on a CPU-only machine;
     * :meth:`build_train_loader` rounds repeat factors as ``DATALOADER.REPEAT_ROUNDING``
       says ("ceil": the published :class:`CeilRepeatFactorTrainingSampler`);
+    * with ``INPUT.AUGMENTATIONS`` "yolact" the train and test loaders map images with
+      :class:`~rs_detectron2.data.yolact_augmentations.YOLACTDatasetMapper`;
     * before anything is built it checks that the training datasets' classes fit the
       model and that the test datasets' classes are the model's
       (:func:`~.dataset_check.check_dataset_classes`); :meth:`test` checks them again.
@@ -138,14 +145,18 @@ class RSTrainer(DefaultTrainer):
         """detectron2's training loader; with ``DATALOADER.REPEAT_ROUNDING`` "ceil" its
         ``RepeatFactorTrainingSampler`` is :class:`CeilRepeatFactorTrainingSampler` (the
         published rule: image i ceil(r_i) times every epoch), on detectron2's per-image
-        factors of the training dicts. "stochastic" is detectron2's loader unchanged. An
-        unknown value, or "ceil" with another sampler, raises ``ValueError``."""
+        factors of the training dicts. "stochastic" is detectron2's loader unchanged. With
+        ``INPUT.AUGMENTATIONS`` "yolact" either maps with ``YOLACTDatasetMapper(cfg, True)``.
+        An unknown value, or "ceil" with another sampler, raises ``ValueError``."""
         rounding = cfg.DATALOADER.REPEAT_ROUNDING
         if rounding not in REPEAT_ROUNDINGS:
             raise ValueError(f"DATALOADER.REPEAT_ROUNDING must be one of {REPEAT_ROUNDINGS}, "
                              f"got {rounding!r}")
+        mapper = YOLACTDatasetMapper(cfg, True) if input_augmentations(cfg) == "yolact" else None
         if rounding == "stochastic":
-            return super().build_train_loader(cfg)
+            if mapper is None:
+                return super().build_train_loader(cfg)
+            return build_detection_train_loader(cfg, mapper=mapper)
         sampler_name = cfg.DATALOADER.SAMPLER_TRAIN
         if sampler_name != "RepeatFactorTrainingSampler":
             raise ValueError(
@@ -168,7 +179,17 @@ class RSTrainer(DefaultTrainer):
         logger.info(f"Using training sampler CeilRepeatFactorTrainingSampler (REPEAT_ROUNDING "
                     f"'ceil'): {len(dataset)} images, {size} per epoch = {size / batch:.2f} "
                     f"iterations at batch {batch}.")
-        return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler)
+        return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler, mapper=mapper)
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        """detectron2's test loader of ``dataset_name``; with ``INPUT.AUGMENTATIONS``
+        "yolact" it maps with ``YOLACTDatasetMapper(cfg, False)`` (the published resize to
+        S x S). An unknown value raises ``ValueError``."""
+        if input_augmentations(cfg) == "yolact":
+            return build_detection_test_loader(cfg, dataset_name,
+                                               mapper=YOLACTDatasetMapper(cfg, False))
+        return super().build_test_loader(cfg, dataset_name)
 
     @classmethod
     def test(cls, cfg: CfgNode, model: nn.Module, evaluators=None):

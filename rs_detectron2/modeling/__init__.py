@@ -1,4 +1,5 @@
 """RS heads, registered with detectron2's registries on import."""
+from .anchor_generator import FractionalStrideAnchorGenerator
 from .ln_box_head import FastRCNNConvLNFCHead
 from .rs_cascade_roi_heads import RSCascadeROIHeads
 from .rs_fast_rcnn import RSFastRCNNOutputLayers
@@ -18,6 +19,7 @@ from .backbone import build_small_resnet, build_small_resnet_fpn_backbone, small
 from .meta_arch import RSATSSHead, RSRetinaNet, atss_match
 
 __all__ = [
+    "FractionalStrideAnchorGenerator",
     "FastRCNNConvLNFCHead",
     "RSRPN",
     "RSRetinaNet",

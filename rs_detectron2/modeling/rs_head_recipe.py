@@ -65,6 +65,15 @@ def score_weighted_mean(losses: Tensor, weights: Tensor, pool: str = "process") 
     return global_sum((losses * weights).sum(), pool) / normaliser
 
 
+def mask_dice_losses(probs: Tensor, targets: Tensor, smooth: float = 1e-5) -> Tensor:
+    """Each mask's Dice loss, 1 - 2 sum(p t) / (sum p^2 + sum t^2 + smooth), over all but the
+    first dimension (the published RS mask losses: Mask R-CNN's RoI masks, YOLACT's
+    prototype masks). (M, ...) -> (M,)."""
+    probs, targets = probs.flatten(1), targets.to(probs.dtype).flatten(1)
+    return 1 - 2 * (probs * targets).sum(1) / (
+        (probs * probs).sum(1) + (targets * targets).sum(1) + smooth)
+
+
 def balance_to(loss: Tensor, reference: Tensor) -> Tuple[Tensor, float]:
     """Rescale ``loss`` so that its value equals ``reference`` (its gradient is scaled alike).
 

@@ -12,9 +12,7 @@ from detectron2.structures import Instances
 
 from rs_detectron2.losses.ranking_pool import check_ranking_pool
 
-from .rs_head_recipe import score_weighted_mean
-
-_DICE_SMOOTH = 1e-5
+from .rs_head_recipe import mask_dice_losses, score_weighted_mean
 
 
 def weighted_dice_loss(pred_mask_logits: Tensor, instances: List[Instances],
@@ -45,12 +43,7 @@ def weighted_dice_loss(pred_mask_logits: Tensor, instances: List[Instances],
     weights = cat(weights, dim=0).detach()
     rows = torch.arange(pred_mask_logits.size(0), device=pred_mask_logits.device)
     logits = pred_mask_logits[:, 0] if class_agnostic else pred_mask_logits[rows, cat(gt_classes)]
-    probs = logits.sigmoid().flatten(1)
-    gt_masks = gt_masks.flatten(1)
-    dice = 1 - 2 * (probs * gt_masks).sum(1) / (
-        (probs * probs).sum(1) + (gt_masks * gt_masks).sum(1) + _DICE_SMOOTH
-    )
-    return score_weighted_mean(dice, weights, pool)
+    return score_weighted_mean(mask_dice_losses(logits.sigmoid(), gt_masks), weights, pool)
 
 
 @ROI_MASK_HEAD_REGISTRY.register()

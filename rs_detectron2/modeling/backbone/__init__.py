@@ -23,6 +23,12 @@ from .retinanet_fpn import (
     build_retinanet_resnet_p3p7_fpn_backbone,
     build_retinanet_small_resnet_fpn_backbone,
 )
+from .yolact_fpn import (
+    LastLevelP6P7FromC5NoReLU,
+    YolactFPN,
+    build_yolact_resnet_fpn_backbone,
+    build_yolact_small_resnet_fpn_backbone,
+)
 from .torchvision_resnet import (
     FrozenStatisticsBatchNorm2d,
     build_retinanet_torchvision_resnet_p3p7_fpn_backbone,
@@ -36,6 +42,10 @@ __all__ = [
     "LastLevelP6P7FromP5",
     "build_retinanet_resnet_p3p7_fpn_backbone",
     "build_retinanet_small_resnet_fpn_backbone",
+    "LastLevelP6P7FromC5NoReLU",
+    "YolactFPN",
+    "build_yolact_resnet_fpn_backbone",
+    "build_yolact_small_resnet_fpn_backbone",
     "FrozenStatisticsBatchNorm2d",
     "build_retinanet_torchvision_resnet_p3p7_fpn_backbone",
     "convert_torchvision_resnet_state_dict",
