@@ -39,8 +39,10 @@ MODELS = {
     "rs_atss": ("rs_atss_R_18_FPN.yaml", []),
     "rs_retinanet": ("Base-RS-Synthetic-R18-RetinaNet.yaml", []),
     "rs_paa": ("rs_paa_R_18_FPN.yaml", []),  # with score voting
+    "rs_yolact": ("rs_yolact_R_18_FPN.yaml", []),  # with masks from the prototypes
 }
 TWO_STAGE = ("rs_faster", "rs_mask", "rs_cascade")
+FAST_NMS = ("rs_yolact",)
 
 
 def _load_export_script():
@@ -258,7 +260,7 @@ def export_onnx(name, path):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_export_onnx_writes_the_graph(name, tmp_path, monkeypatch):
     """torch.onnx.export of the TracingAdapter writes a graph of standard ONNX ops
-    (RoiAlign for the R-CNNs, NonMaxSuppression). Without the onnx package, torch's
+    (RoiAlign for the R-CNNs and YOLACT's masks, NonMaxSuppression but for YOLACT's Fast NMS). Without the onnx package, torch's
     exporter builds the whole protobuf and only fails at its last step, which inserts
     onnxscript functions (there are none here): that step is skipped then."""
     try:
@@ -274,8 +276,10 @@ def test_export_onnx_writes_the_graph(name, tmp_path, monkeypatch):
     export_onnx(name, path)
     data = path.read_bytes()
     assert len(data) > 10000
-    assert b"NonMaxSuppression" in data
-    assert (b"RoiAlign" in data) == (name in TWO_STAGE)
+    # YOLACT's Fast NMS is matrix ops (no NonMaxSuppression); it samples its masks with
+    # RoiAlign (box_mask_samples)
+    assert (b"NonMaxSuppression" in data) == (name not in FAST_NMS)
+    assert (b"RoiAlign" in data) == (name in TWO_STAGE or name in FAST_NMS)
     assert b"PythonOp" not in data
     if onnx is not None:
         onnx.checker.check_model(onnx.load(str(path)))

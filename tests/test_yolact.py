@@ -17,7 +17,7 @@ from rs_detectron2.config import add_rs_config
 from rs_detectron2.engine import RSTrainer
 from rs_detectron2.layers import fast_nms
 from rs_detectron2.modeling.meta_arch import RSYOLACT, YOLACT, ProtoNet
-from rs_detectron2.modeling.meta_arch.yolact import paste_prototype_masks
+from rs_detectron2.modeling.meta_arch.yolact import box_mask_samples
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = os.path.join(ROOT, "configs", "Synthetic")
@@ -177,7 +177,13 @@ def test_inference_fast_nms_and_masks_at_the_output_size():
     with torch.no_grad():
         out = model([{"image": image, "height": 48, "width": 64}])[0]["instances"]
     assert len(out) == 7 and out.pred_masks.shape == (7, 48, 64)
-    assert out.pred_masks.dtype == torch.bool and not out.has("pred_mask_probs")
+    assert out.pred_masks.dtype == torch.bool
+    # no mask pixel outside its (output-size) box, as YOLACT crops the masks to the boxes
+    for mask, box in zip(out.pred_masks, out.pred_boxes.tensor):
+        ys, xs = mask.nonzero(as_tuple=True)
+        if len(ys):
+            assert xs.min() >= box[0].floor() - 1 and xs.max() <= box[2].ceil() + 1
+            assert ys.min() >= box[1].floor() - 1 and ys.max() <= box[3].ceil() + 1
     assert bool((out.scores[:-1] >= out.scores[1:]).all())
     # the same detections as Fast NMS over the candidates, by hand
     with torch.no_grad():
@@ -185,17 +191,41 @@ def test_inference_fast_nms_and_masks_at_the_output_size():
         feats = model.backbone(images.tensor)
         feats = [feats[f] for f in model.head_in_features]
         raw = model.forward_inference(images, feats, model.head(feats))[0]
-    assert len(raw) == 7 and raw.pred_mask_probs.shape[0] == 7
+    assert len(raw) == 7 and raw.pred_masks.shape[:2] == (7, 1)
     assert torch.allclose(raw.scores, out.scores)
 
 
-def test_paste_prototype_masks_is_a_bilinear_resize_and_threshold():
-    probs = torch.rand(3, 12, 16)
-    inst = Instances((24, 32), pred_mask_probs=probs, scores=torch.rand(3))
-    masks = paste_prototype_masks(inst).pred_masks
-    want = torch.nn.functional.interpolate(probs[None], (24, 32), mode="bilinear",
-                                           align_corners=False)[0] > 0.5
-    assert torch.equal(masks, want)
+def test_box_mask_samples_are_bilinear_samples_inside_each_box():
+    """Sample (r, c) of detection d is the bilinear value of its mask at the centre of cell
+    (r, c) of its box split S x S (loop), S = the masks' larger side."""
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(2, 6, 8, generator=g, dtype=torch.float64)
+    boxes = torch.tensor([[1.0, 0.5, 6.0, 4.5], [0.0, 0.0, 8.0, 6.0]], dtype=torch.float64)
+    got = box_mask_samples(masks, boxes, 8)
+    assert got.shape == (2, 1, 8, 8)
+
+    def bilinear(m, y, x):  # aligned=True: pixel centres at integer + 0.5
+        y, x = y - 0.5, x - 0.5
+        h, w = m.shape
+        if y < -1 or y > h or x < -1 or x > w:
+            return 0.0
+        y, x = min(max(y, 0.0), h - 1), min(max(x, 0.0), w - 1)
+        y0, x0 = int(y), int(x)
+        y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+        ly, lx = y - y0, x - x0
+        return float((1 - ly) * (1 - lx) * m[y0, x0] + (1 - ly) * lx * m[y0, x1]
+                     + ly * (1 - lx) * m[y1, x0] + ly * lx * m[y1, x1])
+
+    for d in range(2):
+        x0, y0, x1, y1 = boxes[d].tolist()
+        bw, bh = (x1 - x0) / 8, (y1 - y0) / 8
+        for r in range(8):
+            for c in range(8):
+                # sampling_ratio 2: the mean of 2 x 2 points in the cell
+                want = sum(bilinear(masks[d], y0 + (r + (a + 0.5) / 2) * bh,
+                                    x0 + (c + (b + 0.5) / 2) * bw)
+                           for a in range(2) for b in range(2)) / 4
+                assert abs(float(got[d, 0, r, c]) - want) < 1e-9
 
 
 def test_fast_nms_is_what_inference_uses_per_class():

@@ -12,6 +12,19 @@ from .box_iou import box_iou
 __all__ = ["fast_nms", "matrix_nms"]
 
 
+def _batched_box_iou(boxes: Tensor) -> Tensor:
+    """(C, k, k) IoU of each of the C groups of k XYXY boxes with itself."""
+    area = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+    lt = torch.max(boxes[:, :, None, :2], boxes[:, None, :, :2])
+    rb = torch.min(boxes[:, :, None, 2:], boxes[:, None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area[:, :, None] + area[:, None, :] - inter
+    positive = union > 0
+    return torch.where(positive, inter / torch.where(positive, union, torch.ones_like(union)),
+                       torch.zeros_like(inter))
+
+
 def fast_nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5,
              top_k: int = 200) -> Tuple[Tensor, Tensor, Tensor]:
     """YOLACT's Fast NMS, class by class and all classes at once.
@@ -31,16 +44,17 @@ def fast_nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.5,
     """
     if boxes.dim() != 2 or scores.dim() != 2 or boxes.shape[0] != scores.shape[0]:
         raise ValueError(f"fast_nms: boxes (N, 4) and scores (N, C) expected, got "
-                         f"{tuple(boxes.shape)} and {tuple(scores.shape)}")
+                         f"{list(boxes.shape)} and {list(scores.shape)}")
     num_classes = scores.shape[1]
     k = min(int(top_k), scores.shape[0])
     top_scores, top_idx = scores.t().sort(1, descending=True)
     top_scores, top_idx = top_scores[:, :k], top_idx[:, :k]  # (C, k)
     cand = boxes[top_idx.reshape(-1)].view(num_classes, k, 4)
-    iou = torch.stack([box_iou(b, b) for b in cand]) if k else \
-        cand.new_zeros(num_classes, 0, 0)
-    iou = iou.triu(diagonal=1)  # iou[c, i, j]: candidate i scored above j
-    keep = iou.max(dim=1).values <= iou_threshold if k else iou.new_zeros(num_classes, 0, dtype=torch.bool)
+    iou = _batched_box_iou(cand).triu(diagonal=1)  # iou[c, i, j]: candidate i scored above j
+    if k > 0:
+        keep = iou.max(dim=1).values <= iou_threshold
+    else:
+        keep = torch.zeros(num_classes, 0, dtype=torch.bool, device=scores.device)
     classes = torch.arange(num_classes, device=scores.device)[:, None].expand_as(top_idx)
     return top_idx[keep], classes[keep], top_scores[keep]
 

@@ -43,8 +43,8 @@ def crop_masks(masks: Tensor, boxes: Tensor, padding: int = 1) -> Tensor:
     """
     if masks.dim() != 3 or boxes.shape != (masks.shape[0], 4):
         raise ValueError(f"expected masks (M, H, W) and boxes (M, 4), got "
-                         f"{tuple(masks.shape)} and {tuple(boxes.shape)}")
-    m, h, w = masks.shape
+                         f"{list(masks.shape)} and {list(boxes.shape)}")
+    m, h, w = masks.shape[0], masks.shape[1], masks.shape[2]
     # bounds compared in the boxes' float dtype (>= float32), as mmdet's arange(dtype=x1.dtype)
     boxes = boxes.to(torch.promote_types(boxes.dtype, torch.float32))
     x1, x2 = _sanitize_coordinates(boxes[:, 0], boxes[:, 2], w, padding)
@@ -66,8 +66,8 @@ def assemble_masks(prototypes: Tensor, coefficients: Tensor) -> Tensor:
     if prototypes.dim() != 3 or coefficients.dim() != 2 or \
             coefficients.shape[1] != prototypes.shape[0]:
         raise ValueError(f"expected prototypes (P, H, W) and coefficients (M, P), got "
-                         f"{tuple(prototypes.shape)} and {tuple(coefficients.shape)}")
-    p, h, w = prototypes.shape
+                         f"{list(prototypes.shape)} and {list(coefficients.shape)}")
+    p, h, w = prototypes.shape[0], prototypes.shape[1], prototypes.shape[2]
     logits = coefficients @ prototypes.reshape(p, h * w)
     return torch.sigmoid(logits).view(coefficients.shape[0], h, w)
 

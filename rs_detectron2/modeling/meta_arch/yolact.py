@@ -16,7 +16,8 @@ Both share, through :class:`YOLACTMasks`:
 * inference: per level the ``TOPK_CANDIDATES_TEST`` anchors of highest class score, Fast
   NMS (:func:`rs_detectron2.layers.fast_nms`, ``MODEL.YOLACT.NMS_TOP_K`` per class,
   ``NMS_THRESH_TEST``), score > ``SCORE_THRESH_TEST``, the ``TEST.DETECTIONS_PER_IMAGE``
-  best, their masks assembled, cropped to the box and resized to the output size.
+  best, their masks assembled and cropped to the box, then pasted at the output size by
+  detectron2's postprocessing (bilinear, > 0.5).
 
 RS-YOLACT's losses: RS Loss over all anchors x classes (IoU targets), the score-weighted
 GIoU and the score-weighted Dice loss of every positive's mask, each balanced to the RS
@@ -28,12 +29,12 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import roi_align
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
-from detectron2.modeling.postprocessing import detector_postprocess
-from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks, pairwise_iou
+from detectron2.structures import BitMasks, Boxes, ImageList, Instances, PolygonMasks, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
 from rs_detectron2.layers import assemble_masks, crop_masks, fast_nms, mask_targets
@@ -56,7 +57,7 @@ from .yolact_losses import (
     yolact_mask_bce_loss,
 )
 
-__all__ = ["YOLACTHead", "ProtoNet", "YOLACTMasks", "RSYOLACT", "YOLACT"]
+__all__ = ["YOLACTHead", "ProtoNet", "YOLACTMasks", "RSYOLACT", "YOLACT", "box_mask_samples"]
 
 
 def _xavier(module: nn.Module) -> None:
@@ -124,6 +125,7 @@ class ProtoNet(nn.Module):
     def __init__(self, in_channels: int, num_protos: int = 32, width: Optional[int] = None):
         super().__init__()
         width = width or in_channels
+        self.num_protos = num_protos
         self.before = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
             nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
@@ -160,16 +162,24 @@ class YOLACTMasks:
     background_logit = False
 
     @configurable
-    def __init__(self, *, protonet: nn.Module, nms_top_k: int = 200, **kwargs):
+    def __init__(self, *, protonet: nn.Module, nms_top_k: int = 200, mask_side: int = 138,
+                 **kwargs):
         """
         Args:
             protonet: the prototype net (:class:`ProtoNet`) on the first head feature.
             nms_top_k: Fast NMS candidates per class (``MODEL.YOLACT.NMS_TOP_K``).
+            mask_side: side of the RoI masks the detections' masks are sampled on
+                (:func:`box_mask_samples`): the prototypes' side at the largest test input
+                (``INPUT.MAX_SIZE_TEST`` / the prototypes' stride), so at least one sample
+                per prototype pixel; fixed, so that a traced model follows its input size.
             kwargs: arguments of the RetinaNet subclass.
         """
         super().__init__(**kwargs)
         self.protonet = protonet
         self.nms_top_k = int(nms_top_k)
+        self.mask_side = int(mask_side)
+        self.num_logits = self.num_classes + int(type(self).background_logit)
+        self.num_protos = int(protonet.num_protos)
 
     @classmethod
     def from_config(cls, cfg):
@@ -179,30 +189,18 @@ class YOLACTMasks:
         ret["head"] = YOLACTHead(cfg, feature_shapes, background_logit=cls.background_logit)
         ret["protonet"] = ProtoNet(feature_shapes[0].channels, cfg.MODEL.YOLACT.NUM_PROTOS)
         ret["nms_top_k"] = cfg.MODEL.YOLACT.NMS_TOP_K
+        proto_stride = feature_shapes[0].stride / 2  # the prototypes: P3 upsampled x2
+        ret["mask_side"] = int(math.ceil(cfg.INPUT.MAX_SIZE_TEST / proto_stride))
         return ret
 
-    def _num_logits(self) -> int:
-        return self.num_classes + int(self.background_logit)
-
-    def forward(self, batched_inputs):
-        """detectron2's dense-detector forward; at test time each detection's mask
-        probabilities (``pred_mask_probs``, prototype resolution) become ``pred_masks`` at
-        the output size: bilinear resize, > 0.5 (published)."""
-        results = super().forward(batched_inputs)
-        if self.training or torch.jit.is_scripting():
-            return results
-        for out in results:
-            out["instances"] = paste_prototype_masks(out["instances"])
-        return results
-
-    def _anchors(self, features: List[Tensor], images) -> List[Boxes]:
+    def _anchors(self, features: List[Tensor], images: ImageList) -> List[Boxes]:
         return self.anchor_generator(features, images.tensor.shape[-2:])
 
     def forward_training(self, images, features, predictions, gt_instances):
         """Anchors, IoU assignment (with each positive's ground-truth index), prototypes,
         then the subclass's :meth:`yolact_losses`."""
         pred_logits, pred_deltas, pred_coeffs = self._transpose_dense_predictions(
-            predictions, [self._num_logits(), 4, self.protonet_channels()])
+            predictions, [self.num_logits, 4, self.num_protos])
         anchors = self._anchors(features, images)
         gt_labels, matched_idxs = self.label_anchors_with_indices(anchors, gt_instances)
         prototypes = self.protonet(features[0])
@@ -210,9 +208,6 @@ class YOLACTMasks:
         return self.yolact_losses(anchors, cat(pred_logits, 1), cat(pred_deltas, 1),
                                   cat(pred_coeffs, 1), prototypes, gt_labels, matched_idxs,
                                   gt_instances, masks, images.tensor.shape[-2:])
-
-    def protonet_channels(self) -> int:
-        return self.head.coeff_pred.out_channels // self.anchor_generator.num_cell_anchors[0]
 
     @torch.no_grad()
     def label_anchors_with_indices(self, anchors: List[Boxes], gt_instances: List[Instances]
@@ -250,7 +245,7 @@ class YOLACTMasks:
         return pos, image_idx, anchor_idx, gt_idx, gt_boxes, pred_boxes, all_anchors
 
     @staticmethod
-    def _to_mask_px(boxes: Tensor, prototypes: Tensor, padded_size) -> Tensor:
+    def _to_mask_px(boxes: Tensor, prototypes: Tensor, padded_size: List[int]) -> Tensor:
         """Boxes of the (padded) input frame in the prototypes' pixel frame."""
         h, w = prototypes.shape[-2:]
         scale = torch.tensor([w / padded_size[1], h / padded_size[0]] * 2, device=boxes.device,
@@ -280,9 +275,10 @@ class YOLACTMasks:
             return empty + prototypes.sum() * 0.0, empty, prototypes.new_zeros(0, 4)
         return cat(probs), cat(targets), cat(boxes)
 
-    def forward_inference(self, images, features: List[Tensor], predictions: List[List[Tensor]]):
+    def forward_inference(self, images: ImageList, features: List[Tensor],
+                          predictions: List[List[Tensor]]):
         pred_logits, pred_deltas, pred_coeffs = self._transpose_dense_predictions(
-            predictions, [self._num_logits(), 4, self.protonet_channels()])
+            predictions, [self.num_logits, 4, self.num_protos])
         anchors = self._anchors(features, images)
         prototypes = self.protonet(features[0])
         results: List[Instances] = []
@@ -295,10 +291,10 @@ class YOLACTMasks:
 
     def inference_single_image(self, anchors: List[Boxes], scores: List[Tensor],
                                deltas: List[Tensor], coeffs: List[Tensor], prototypes: Tensor,
-                               image_size: Tuple[int, int], padded_size) -> Instances:
+                               image_size: Tuple[int, int], padded_size: List[int]) -> Instances:
         """Per level the top-k anchors by highest class score; Fast NMS; score threshold;
-        the best ``max_detections_per_image``; their cropped mask probabilities at the
-        prototypes' resolution over the image's own extent (``pred_mask_probs``)."""
+        the best ``max_detections_per_image``; their masks (assembled, cropped to the box)
+        as RoI masks (:func:`box_mask_samples`) that detectron2's postprocessing pastes."""
         boxes_all, scores_all, coeffs_all = [], [], []
         for level_anchors, s, d, c in zip(anchors, scores, deltas, coeffs):
             num_top = min(self.test_topk_candidates, s.shape[0])
@@ -314,29 +310,27 @@ class YOLACTMasks:
         keep, classes, kept_scores = keep[order], classes[order], kept_scores[order]
         det_boxes = boxes[keep]
         masks = assemble_masks(prototypes, coeffs_[keep])
-        masks = crop_masks(masks, self._to_mask_px(det_boxes, prototypes, padded_size))
-        # the image's own extent of the prototypes (whole pixels): no padding, all of it
-        h, w = prototypes.shape[-2:]
-        rows = int(math.ceil(h * image_size[0] / padded_size[0]))
-        cols = int(math.ceil(w * image_size[1] / padded_size[1]))
+        box_px = self._to_mask_px(det_boxes, prototypes, padded_size)
+        masks = crop_masks(masks, box_px)
         return Instances(image_size, pred_boxes=Boxes(det_boxes), scores=kept_scores,
-                         pred_classes=classes, pred_mask_probs=masks[:, :rows, :cols])
+                         pred_classes=classes,
+                         pred_masks=box_mask_samples(masks, box_px, self.mask_side))
 
 
-def paste_prototype_masks(instances: Instances, threshold: float = 0.5) -> Instances:
-    """``pred_mask_probs`` (prototype resolution, the image's extent) -> ``pred_masks``
-    (bool, the instances' image size): bilinear resize (align_corners False), > threshold,
-    as the published ``get_seg_masks``."""
-    probs = instances.pred_mask_probs
-    height, width = instances.image_size
-    if len(probs) == 0:
-        masks = probs.new_zeros((0, int(height), int(width)), dtype=torch.bool)
-    else:
-        masks = F.interpolate(probs[None], (int(height), int(width)), mode="bilinear",
-                              align_corners=False)[0] > threshold
-    instances.remove("pred_mask_probs")
-    instances.pred_masks = masks
-    return instances
+def box_mask_samples(masks: Tensor, boxes: Tensor, side: int) -> Tensor:
+    """Each (cropped) full-image mask sampled inside its box on a ``side`` x ``side`` grid
+    (2 x 2 bilinear samples per cell, averaged): (D, 1, side, side), the
+    RoI-mask form that detectron2's ``detector_postprocess`` pastes into the output image
+    (bilinear, > 0.5). YOLACT's masks are zero outside their boxes, so nothing is lost but
+    the resampling (published: one bilinear resize of the whole mask to the output size).
+
+    Args:
+        masks: (D, h, w) mask probabilities; boxes: (D, 4) XYXY in the masks' pixels.
+    """
+    rois = torch.cat([torch.arange(len(boxes), device=boxes.device,
+                                   dtype=boxes.dtype)[:, None], boxes], dim=1)
+    return roi_align(masks[:, None], rois, (side, side), spatial_scale=1.0, sampling_ratio=2,
+                     aligned=True)
 
 
 @META_ARCH_REGISTRY.register()
