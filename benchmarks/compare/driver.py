@@ -15,7 +15,7 @@ import time
 from typing import List
 
 from .estimate import estimate_seconds, hms, measured_rates
-from .layout import MODEL_NAMES, SCRIPT, checkpoint_for, lr_tag, pair_sides
+from .layout import MASK_PAIRS, MODEL_NAMES, SCRIPT, checkpoint_for, lr_tag, pair_sides
 from .planner import Planner, side_lrs
 from .report import fmt, write_report
 from .results import load_results, read_json, select_lr, val_metric, write_json
@@ -109,7 +109,7 @@ class Driver:
         holdout = result.get("holdout_box_AP")
         print(f"  -> {result['name']}: {result['status']}, holdout box AP {fmt(holdout)}, "
               f"val box AP {fmt(val_metric(result, 'bbox', 'AP'))}"
-              + (f", val mask AP {fmt(val_metric(result, 'segm', 'AP'))}" if result["pair"] == "mask" else "")
+              + (f", val mask AP {fmt(val_metric(result, 'segm', 'AP'))}" if result["pair"] in MASK_PAIRS else "")
               + f", {fmt(result.get('seconds_per_iter'), 3)} s/iter, "
               f"whole run {fmt(result.get('wall_seconds'), 0)} s", flush=True)
         write_report(self.planner.out, quiet=True)

@@ -36,6 +36,9 @@ _PAIR_STEMS = OrderedDict(
     ranking=OrderedDict(ap="ap_atss_R_18_FPN", alrp="alrp_atss_R_18_FPN", rs="rs_atss_R_18_FPN"),
     # RS-PAA and its stock-loss twin (the same PAA detector, focal loss + GIoU)
     paa=OrderedDict(stock="paa_R_18_FPN", rs="rs_paa_R_18_FPN"),
+    # RS-YOLACT and its stock-loss twin (the same YOLACT, OHEM cross entropy + smooth L1 +
+    # mask BCE)
+    yolact=OrderedDict(stock="yolact_R_18_FPN", rs="rs_yolact_R_18_FPN"),
 )
 
 
@@ -52,7 +55,9 @@ DATASETS: Dict[str, Dict[str, Any]] = OrderedDict(
     rs_synthetic_hard=dict(train="rs_synthetic_hard_train", val="rs_synthetic_hard_val",
                            cfg_key="DATASETS.RS_SYNTHETIC_HARD", pairs=_pair_configs("_hard")),
 )
-PAIRS = ("faster", "mask", "atss", "ranking", "paa")
+PAIRS = ("faster", "mask", "atss", "ranking", "paa", "yolact")
+# The pairs of instance-segmentation models: their reports give mask AP too.
+MASK_PAIRS = ("mask", "yolact")
 # What runs without --pairs: the comparisons with detectron2's stock models.
 DEFAULT_PAIRS = ("faster", "mask", "atss")
 MODEL_NAMES = {
@@ -68,6 +73,8 @@ MODEL_NAMES = {
     ("ranking", "rs"): "RS-ATSS",
     ("paa", "stock"): "PAA, focal loss + GIoU",
     ("paa", "rs"): "RS-PAA",
+    ("yolact", "stock"): "YOLACT, OHEM CE + smooth L1 + mask BCE",
+    ("yolact", "rs"): "RS-YOLACT",
 }
 # Learning-rate grids; stock_gn defaults to the stock grid (--lrs-stock).
 DEFAULT_LRS = {"rs": (0.01, 0.02, 0.03), "stock": (0.01, 0.03, 0.06)}

@@ -11,7 +11,7 @@ import sys
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-from .layout import CONFIG_DIRS, DATASETS, PAIRS, SIDES, lr_tag, model_name, pair_sides
+from .layout import MASK_PAIRS, CONFIG_DIRS, DATASETS, PAIRS, SIDES, lr_tag, model_name, pair_sides
 from .results import load_results, select_lr, val_metric
 
 
@@ -102,6 +102,7 @@ def _header(results: Sequence[dict]) -> List[str]:
     pairs = {r["pair"] for r in results}
     title = ("# RS Loss vs the other ranking losses (AP Loss, aLRP Loss)" if pairs == {"ranking"}
              else "# RS-PAA vs PAA with its standard losses (focal loss + GIoU)" if pairs == {"paa"}
+             else "# RS-YOLACT vs YOLACT with its standard losses" if pairs == {"yolact"}
              else "# RS detectors vs detectron2's stock detectors")
     if results:
         title += (f" ({' / '.join(regimes)} regime, "
@@ -132,7 +133,7 @@ def _header(results: Sequence[dict]) -> List[str]:
 
 def _model_table(pair: str, sides: Dict[str, dict]) -> List[str]:
     """Chosen LR and val AP of every model of a pair, then RS - each stock model."""
-    mask = pair == "mask"
+    mask = pair in MASK_PAIRS
     head = "| model | chosen LR | box AP (mean) | box AP per seed | AP50 | AP75 |"
     rule = "|---|---:|---:|---|---:|---:|"
     if mask:
@@ -170,7 +171,7 @@ def _model_table(pair: str, sides: Dict[str, dict]) -> List[str]:
 
 def _grid_table(pair: str, sides: Dict[str, dict]) -> List[str]:
     """Holdout and val AP of every learning rate of the grids."""
-    mask = pair == "mask"
+    mask = pair in MASK_PAIRS
     md = ["", "Learning-rate grid (first seed; holdout = held-out train images):", "",
           "| model | LR | holdout box AP | val box AP | " + ("val mask AP | " if mask else "")
           + "s/iter | status |",
@@ -187,7 +188,7 @@ def _grid_table(pair: str, sides: Dict[str, dict]) -> List[str]:
 
 def _curve_table(pair: str, sides: Dict[str, dict]) -> List[str]:
     """Val AP over training of the seed runs (none if no run has a curve)."""
-    mask = pair == "mask"
+    mask = pair in MASK_PAIRS
     curve_rows = [(side, r) for side, s in sides.items() for r in s["finals"] if r.get("curve")]
     if not curve_rows:
         return []
@@ -253,7 +254,7 @@ def plot_curves(out: str, dataset: str, pair: str, sides: Dict[str, dict]) -> Op
         print("compare_to_detectron2: matplotlib is missing, no curve plots "
               "(pip install matplotlib)", file=sys.stderr)
         return None
-    tasks = [("box_AP", "val box AP")] + ([("mask_AP", "val mask AP")] if pair == "mask" else [])
+    tasks = [("box_AP", "val box AP")] + ([("mask_AP", "val mask AP")] if pair in MASK_PAIRS else [])
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
     colors = {"stock": "tab:blue", "stock_gn": "tab:green", "rs": "tab:red"}
     styles = ["-", "--", ":", "-."]
