@@ -6,7 +6,10 @@ detectron2's model-zoo Faster R-CNN vs configs/COCO-Detection/rs_faster_rcnn_R_5
 Mask R-CNN vs configs/COCO-InstanceSegmentation/rs_mask_rcnn_R_50_FPN_1x.yaml (default), and
 RetinaNet vs configs/COCO-Detection/rs_atss_R_50_FPN_1x.yaml (``--pairs atss``), and
 RS-PAA (configs/COCO-Detection/rs_paa_R_50_FPN_1x.yaml) vs its stock-loss twin, the same
-config with meta-architecture PAA and detectron2's focal + GIoU losses (``--pairs paa``).
+config with meta-architecture PAA and detectron2's focal + GIoU losses (``--pairs paa``), and
+RS-YOLACT (configs/COCO-InstanceSegmentation/rs_yolact_R_50_FPN_55e.yaml) vs the same config
+with meta-architecture YOLACT, its stock losses (``--pairs yolact``; YOLACT's input is
+550 x 550: ``--min-size 550 --max-size 550``).
 One iteration is what detectron2's SimpleTrainer does: zero_grad, forward in training mode
 (under an EventStorage), sum of the losses, backward, SGD step (detectron2's
 ``build_optimizer``). The batch (default 2 random 800x1067 images, 7 random GT boxes each,
@@ -74,8 +77,12 @@ PAIRS = {
              "configs/COCO-Detection/rs_atss_R_50_FPN_1x.yaml", False),
     "paa": ("PAA (focal + GIoU) vs RS-PAA R-50-FPN", "configs/COCO-Detection/rs_paa_R_50_FPN_1x.yaml",
             "configs/COCO-Detection/rs_paa_R_50_FPN_1x.yaml", False),
+    "yolact": ("YOLACT (OHEM CE + smooth L1 + BCE) vs RS-YOLACT R-50-FPN",
+               "configs/COCO-InstanceSegmentation/rs_yolact_R_50_FPN_55e.yaml",
+               "configs/COCO-InstanceSegmentation/rs_yolact_R_50_FPN_55e.yaml", True),
 }
-STOCK_OPTS = {"paa": ("MODEL.META_ARCHITECTURE", "PAA", "MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "giou")}
+STOCK_OPTS = {"paa": ("MODEL.META_ARCHITECTURE", "PAA", "MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "giou"),
+              "yolact": ("MODEL.META_ARCHITECTURE", "YOLACT")}
 NUM_CLASSES = 80
 
 
