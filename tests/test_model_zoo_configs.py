@@ -91,8 +91,11 @@ ONE_STAGE = {
     "COCO-Detection/rs_retinanet_R_50_FPN_1x.yaml": ("iou", "RetinaNetHead", "RES5_RELU", 9, None),
     # RS-PAA: RS-ATSS's model with PAA's assignment (the ATSS keys stay at their defaults)
     "COCO-Detection/rs_paa_R_50_FPN_1x.yaml": ("atss", "RSATSSHead", "P5_NO_RELU", 3, "41.0"),
+    "COCO-Detection/rs_paa_R_50_FPN_1x_torchvision.yaml":
+        ("atss", "RSATSSHead", "P5_NO_RELU", 3, "41.0"),
 }
-META_ARCHITECTURES = {"COCO-Detection/rs_paa_R_50_FPN_1x.yaml": "RSPAA"}
+META_ARCHITECTURES = {"COCO-Detection/rs_paa_R_50_FPN_1x.yaml": "RSPAA",
+                      "COCO-Detection/rs_paa_R_50_FPN_1x_torchvision.yaml": "RSPAA"}
 
 
 @pytest.mark.parametrize("name", sorted(ONE_STAGE))

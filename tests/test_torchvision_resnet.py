@@ -28,10 +28,16 @@ TOOL = os.path.join(ROOT, "tools", "convert_torchvision_to_d2.py")
 STAGES = ("res2", "res3", "res4", "res5")
 
 
-def load_cfg(depth=50, **overrides):
+# the torchvision-backbone configs of the published one-stage models and their base configs
+TORCHVISION_CONFIGS = {CONFIG: "COCO-Detection/rs_atss_R_50_FPN_1x.yaml",
+                       "COCO-Detection/rs_paa_R_50_FPN_1x_torchvision.yaml":
+                           "COCO-Detection/rs_paa_R_50_FPN_1x.yaml"}
+
+
+def load_cfg(depth=50, config=CONFIG, **overrides):
     cfg = get_cfg()
     add_rs_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, "configs", CONFIG))
+    cfg.merge_from_file(os.path.join(ROOT, "configs", config))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.RESNETS.DEPTH = depth
@@ -218,16 +224,17 @@ def test_tool_converts_a_checkpoint_that_detectron2_loads(tmp_path):
 
 
 # -------------------------------------------------------------- (d) the config
-def test_config_builds_and_runs():
-    with open(os.path.join(ROOT, "configs", CONFIG)) as f, \
-            open(os.path.join(ROOT, "configs", "COCO-Detection/rs_atss_R_50_FPN_1x.yaml")) as g:
+@pytest.mark.parametrize("config", sorted(TORCHVISION_CONFIGS))
+def test_config_builds_and_runs(config):
+    with open(os.path.join(ROOT, "configs", config)) as f, \
+            open(os.path.join(ROOT, "configs", TORCHVISION_CONFIGS[config])) as g:
         assert f.readline() == g.readline()  # the paper's row
         assert "python tools/convert_torchvision_to_d2.py resnet50-0676ba61.pth " \
                "torchvision-R-50.pkl" in f.read()
-    cfg = load_cfg()
+    cfg = load_cfg(config=config)
     raw = get_cfg()
     add_rs_config(raw)
-    raw.merge_from_file(os.path.join(ROOT, "configs", CONFIG))
+    raw.merge_from_file(os.path.join(ROOT, "configs", config))
     assert raw.MODEL.WEIGHTS == "torchvision-R-50.pkl"
     assert cfg.MODEL.BACKBONE.NAME == "build_retinanet_torchvision_resnet_p3p7_fpn_backbone"
     assert not cfg.MODEL.RESNETS.STRIDE_IN_1X1 and cfg.MODEL.RESNETS.NORM == "BN"
