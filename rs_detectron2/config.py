@@ -6,7 +6,7 @@ def add_rs_config(cfg: CN) -> None:
     """Add rs_detectron2's keys to ``cfg``, each in the node of the part it configures, with
     the published defaults: the RS loss and RS R-CNN recipe (``cfg.MODEL.RS``), the one-stage
     RS detectors (``cfg.MODEL.RS_RETINANET``), PAA's assignment (``cfg.MODEL.PAA``), YOLACT
-    (``cfg.MODEL.YOLACT``), the
+    (``cfg.MODEL.YOLACT``), SOLOv2 (``cfg.MODEL.SOLOV2``), the
     repeat factor sampler's rounding (``cfg.DATALOADER.REPEAT_ROUNDING``), the training
     augmentations (``cfg.INPUT.AUGMENTATIONS``), the one-stage FPN's P6/P7
     (``cfg.MODEL.FPN.P6P7_TOP_BLOCK``), the sparse CPU ROIAlign of each pooler
@@ -92,6 +92,36 @@ def add_rs_config(cfg: CN) -> None:
     cfg.MODEL.YOLACT.BOX_LOSS_WEIGHT = 1.5
     cfg.MODEL.YOLACT.MASK_LOSS_WEIGHT = 6.125
     cfg.MODEL.YOLACT.MAX_MASKS_TO_TRAIN = 100
+    # SOLOv2 (meta-architectures RSSOLOv2 and the stock SOLOv2,
+    # rs_detectron2.modeling.meta_arch.solov2); published values (ranksort_solov2_r101_fpn_3x).
+    cfg.MODEL.SOLOV2 = CN()
+    cfg.MODEL.SOLOV2.NUM_CLASSES = 80
+    # The FPN maps of the five SOLO levels (P2 is resized to P3's size, P6 to P5's).
+    cfg.MODEL.SOLOV2.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    # Grid cells per side of each level, and the sqrt(box area) range (input pixels) of the
+    # objects each level learns (both ends included: an object can be in two levels).
+    cfg.MODEL.SOLOV2.NUM_GRIDS = [40, 36, 24, 16, 12]
+    cfg.MODEL.SOLOV2.SCALE_RANGES = [[1, 96], [48, 192], [96, 384], [192, 768], [384, 2048]]
+    # The centre region of an object: sigma x its box around its mask's mass centre.
+    cfg.MODEL.SOLOV2.SIGMA = 0.2
+    # Width and depth of the category and kernel towers; E, the mask features' channels
+    # (and kernel length); width of the mask feature branch's convs (light: 256, 2, 128, 128).
+    cfg.MODEL.SOLOV2.SEG_FEAT_CHANNELS = 512
+    cfg.MODEL.SOLOV2.STACKED_CONVS = 4
+    cfg.MODEL.SOLOV2.INS_OUT_CHANNELS = 256
+    cfg.MODEL.SOLOV2.MASK_FEAT_CHANNELS = 128
+    # The stock losses (SOLOv2 only; RSSOLOv2's need no weights).
+    cfg.MODEL.SOLOV2.FOCAL_LOSS_ALPHA = 0.25
+    cfg.MODEL.SOLOV2.FOCAL_LOSS_GAMMA = 2.0
+    cfg.MODEL.SOLOV2.DICE_LOSS_WEIGHT = 3.0
+    # Inference: category score threshold, mask threshold, the best NMS_PRE before Matrix
+    # NMS (NMS_KERNEL "gaussian" or "linear", NMS_SIGMA), decayed-score threshold.
+    cfg.MODEL.SOLOV2.SCORE_THRESH_TEST = 0.2
+    cfg.MODEL.SOLOV2.MASK_THRESH_TEST = 0.5
+    cfg.MODEL.SOLOV2.NMS_PRE_TEST = 500
+    cfg.MODEL.SOLOV2.NMS_KERNEL = "gaussian"
+    cfg.MODEL.SOLOV2.NMS_SIGMA = 2.0
+    cfg.MODEL.SOLOV2.UPDATE_THRESH_TEST = 0.05
     # P6/P7 of the one-stage FPN backbones (build_retinanet_*_fpn_backbone of
     # rs_detectron2.modeling.backbone; detectron2's own builders do not read it):
     # "P5_NO_RELU" (published ATSS: P6 from P5's output, no ReLU before P7) or "RES5_RELU"

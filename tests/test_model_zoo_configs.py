@@ -137,7 +137,36 @@ def test_one_stage_model(name):
 # One-stage instance segmentation: config -> (meta-architecture, paper's box AP, mask AP).
 INSTANCE_ONE_STAGE = {
     "COCO-InstanceSegmentation/rs_yolact_R_50_FPN_55e.yaml": ("RSYOLACT", "33.8", "29.9"),
+    "COCO-InstanceSegmentation/rs_solov2_R_101_FPN_3x.yaml": ("RSSOLOv2", None, "39.7"),
+    "COCO-InstanceSegmentation/rs_solov2_light_R_34_FPN_3x.yaml": ("RSSOLOv2", None, "32.6"),
 }
+
+
+@pytest.mark.parametrize("name,depth,width,convs,e,batch,lr", [
+    ("COCO-InstanceSegmentation/rs_solov2_R_101_FPN_3x.yaml", 101, 512, 4, 256, 16, 0.006),
+    ("COCO-InstanceSegmentation/rs_solov2_light_R_34_FPN_3x.yaml", 34, 256, 2, 128, 32, 0.012)])
+def test_rs_solov2_is_the_published_model(name, depth, width, convs, e, batch, lr):
+    """RS-SOLOv2 as published (4 GPUs): torchvision ResNet with frozen-statistics BN, FPN
+    P2-P6, grids 40-12, scale ranges, sigma 0.2, Matrix NMS test settings, 36 epochs with
+    steps after 27 and 33, the paper's mask AP quoted in the header."""
+    cfg = load(name)
+    arch, _, mask_ap = INSTANCE_ONE_STAGE[name]
+    node = cfg.MODEL.SOLOV2
+    assert cfg.MODEL.META_ARCHITECTURE == arch and cfg.MODEL.RESNETS.DEPTH == depth
+    assert cfg.MODEL.BACKBONE.NAME == "build_torchvision_resnet_fpn_backbone"
+    assert cfg.MODEL.BACKBONE.FREEZE_AT == 2 and not cfg.MODEL.RESNETS.STRIDE_IN_1X1
+    assert (node.SEG_FEAT_CHANNELS, node.STACKED_CONVS, node.INS_OUT_CHANNELS) == (width, convs, e)
+    assert node.NUM_GRIDS == [40, 36, 24, 16, 12] and node.SIGMA == 0.2
+    assert node.SCALE_RANGES == [[1, 96], [48, 192], [96, 384], [192, 768], [384, 2048]]
+    assert (node.SCORE_THRESH_TEST, node.MASK_THRESH_TEST, node.NMS_PRE_TEST, node.NMS_KERNEL,
+            node.NMS_SIGMA, node.UPDATE_THRESH_TEST) == (0.2, 0.5, 500, "gaussian", 2.0, 0.05)
+    assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR) == (batch, lr)
+    epoch = 117266 / batch
+    assert abs(cfg.SOLVER.MAX_ITER - 36 * epoch) < 1
+    assert [round(s / epoch) for s in cfg.SOLVER.STEPS] == [27, 33]
+    with open(os.path.join(ROOT, "configs", name)) as f:
+        header = f.readline()
+    assert re.search(rf"paper: {mask_ap} mask AP", header), header
 
 
 def test_rs_yolact_is_the_published_model():
@@ -262,7 +291,8 @@ def test_one_synthetic_rs_recipe(folder, model):
 def test_synthetic_rs_box_head_is_the_layernorm_head_and_stock_keeps_detectron2s():
     for name in os.listdir(SYNTHETIC):
         if (not name.endswith(".yaml") or name.startswith("Base")
-                or any(one_stage in name for one_stage in ("retinanet", "atss", "paa", "yolact"))):
+                or any(one_stage in name
+                       for one_stage in ("retinanet", "atss", "paa", "yolact", "solov2"))):
             continue
         cfg = load(os.path.join("Synthetic", name))
         expected = "FastRCNNConvLNFCHead" if name.startswith("rs_") else "FastRCNNConvFCHead"

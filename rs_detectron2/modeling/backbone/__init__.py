@@ -32,6 +32,7 @@ from .yolact_fpn import (
 from .torchvision_resnet import (
     FrozenStatisticsBatchNorm2d,
     build_retinanet_torchvision_resnet_p3p7_fpn_backbone,
+    build_torchvision_resnet_fpn_backbone,
     convert_torchvision_resnet_state_dict,
 )
 
@@ -48,6 +49,7 @@ __all__ = [
     "build_yolact_small_resnet_fpn_backbone",
     "FrozenStatisticsBatchNorm2d",
     "build_retinanet_torchvision_resnet_p3p7_fpn_backbone",
+    "build_torchvision_resnet_fpn_backbone",
     "convert_torchvision_resnet_state_dict",
     "carafe",
     "CARAFE",

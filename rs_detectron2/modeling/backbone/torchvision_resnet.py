@@ -32,6 +32,7 @@ from torch import nn
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
+from detectron2.modeling.backbone.fpn import build_resnet_fpn_backbone
 from detectron2.modeling.backbone import FPN
 
 from .retinanet_fpn import build_retinanet_resnet_p3p7_fpn_backbone
@@ -122,6 +123,14 @@ class FrozenStatisticsBatchNorm2d(nn.BatchNorm2d):
         return module
 
 
+def _check_bn(cfg: CfgNode, builder: str) -> None:
+    if cfg.MODEL.RESNETS.NORM != "BN":
+        raise ValueError(
+            f"{builder} needs MODEL.RESNETS.NORM 'BN' (turned into frozen-statistics BN), "
+            f"got {cfg.MODEL.RESNETS.NORM!r}"
+        )
+
+
 @BACKBONE_REGISTRY.register()
 def build_retinanet_torchvision_resnet_p3p7_fpn_backbone(
     cfg: CfgNode, input_shape: ShapeSpec
@@ -130,11 +139,18 @@ def build_retinanet_torchvision_resnet_p3p7_fpn_backbone(
     ResNet's BN as the published torchvision backbone (:class:`FrozenStatisticsBatchNorm2d`;
     stages frozen by ``MODEL.BACKBONE.FREEZE_AT`` keep detectron2's FrozenBN). Needs
     ``MODEL.RESNETS.NORM`` "BN"; the FPN and the head are unchanged."""
-    if cfg.MODEL.RESNETS.NORM != "BN":
-        raise ValueError(
-            "build_retinanet_torchvision_resnet_p3p7_fpn_backbone needs MODEL.RESNETS.NORM "
-            f"'BN' (turned into frozen-statistics BN), got {cfg.MODEL.RESNETS.NORM!r}"
-        )
+    _check_bn(cfg, "build_retinanet_torchvision_resnet_p3p7_fpn_backbone")
     fpn = build_retinanet_resnet_p3p7_fpn_backbone(cfg, input_shape)
+    FrozenStatisticsBatchNorm2d.convert(fpn.bottom_up)
+    return fpn
+
+
+@BACKBONE_REGISTRY.register()
+def build_torchvision_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
+    """detectron2's ``build_resnet_fpn_backbone`` (P2-P6) with the bottom-up ResNet's BN as
+    the published torchvision backbone (:class:`FrozenStatisticsBatchNorm2d`), for the
+    published SOLOv2. Needs ``MODEL.RESNETS.NORM`` "BN"."""
+    _check_bn(cfg, "build_torchvision_resnet_fpn_backbone")
+    fpn = build_resnet_fpn_backbone(cfg, input_shape)
     FrozenStatisticsBatchNorm2d.convert(fpn.bottom_up)
     return fpn
