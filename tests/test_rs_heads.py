@@ -286,7 +286,10 @@ def test_every_config_trains_one_iteration(config):
     optimizer.step()
     arch = cfg.MODEL.META_ARCHITECTURE
     sorts = cfg.MODEL.RS.RANKING_LOSS == "rank_sort"  # AP / aLRP Loss have no sorting part
-    if arch in ("RSRetinaNet", "RSPAA", "RSYOLACT"):  # one-stage RS
+    if arch in ("RSSOLOv2", "SOLOv2"):  # grid cells, no boxes
+        assert set(losses) == ({"loss_rank", "loss_sort", "loss_mask"} if arch == "RSSOLOv2"
+                               else {"loss_cate", "loss_mask"})
+    elif arch in ("RSRetinaNet", "RSPAA", "RSYOLACT"):  # one-stage RS
         assert set(losses) == ({"loss_rank", "loss_box"} | ({"loss_sort"} if sorts else set())
                                | ({"loss_mask"} if arch == "RSYOLACT" else set()))
     elif arch in ("RetinaNet", "PAA", "YOLACT"):  # the stock one-stage baselines
