@@ -9,7 +9,9 @@ RS-PAA (configs/COCO-Detection/rs_paa_R_50_FPN_1x.yaml) vs its stock-loss twin, 
 config with meta-architecture PAA and detectron2's focal + GIoU losses (``--pairs paa``), and
 RS-YOLACT (configs/COCO-InstanceSegmentation/rs_yolact_R_50_FPN_55e.yaml) vs the same config
 with meta-architecture YOLACT, its stock losses (``--pairs yolact``; YOLACT's input is
-550 x 550: ``--min-size 550 --max-size 550``).
+550 x 550: ``--min-size 550 --max-size 550``), and RS-SOLOv2
+(configs/COCO-InstanceSegmentation/rs_solov2_R_101_FPN_3x.yaml) vs the same config with
+meta-architecture SOLOv2, focal loss + Dice (``--pairs solov2``).
 One iteration is what detectron2's SimpleTrainer does: zero_grad, forward in training mode
 (under an EventStorage), sum of the losses, backward, SGD step (detectron2's
 ``build_optimizer``). The batch (default 2 random 800x1067 images, 7 random GT boxes each,
@@ -80,9 +82,13 @@ PAIRS = {
     "yolact": ("YOLACT (OHEM CE + smooth L1 + BCE) vs RS-YOLACT R-50-FPN",
                "configs/COCO-InstanceSegmentation/rs_yolact_R_50_FPN_55e.yaml",
                "configs/COCO-InstanceSegmentation/rs_yolact_R_50_FPN_55e.yaml", True),
+    "solov2": ("SOLOv2 (focal + Dice) vs RS-SOLOv2 R-101-FPN",
+               "configs/COCO-InstanceSegmentation/rs_solov2_R_101_FPN_3x.yaml",
+               "configs/COCO-InstanceSegmentation/rs_solov2_R_101_FPN_3x.yaml", True),
 }
 STOCK_OPTS = {"paa": ("MODEL.META_ARCHITECTURE", "PAA", "MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "giou"),
-              "yolact": ("MODEL.META_ARCHITECTURE", "YOLACT")}
+              "yolact": ("MODEL.META_ARCHITECTURE", "YOLACT"),
+              "solov2": ("MODEL.META_ARCHITECTURE", "SOLOv2")}
 NUM_CLASSES = 80
 
 

@@ -178,7 +178,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="faster, mask, atss: RS vs detectron2's stock models (the default); "
                         "ranking: RS-ATSS vs ATSS with AP Loss and with aLRP Loss; paa: RS-PAA "
                         "vs PAA with its standard losses (focal loss + GIoU); yolact: RS-YOLACT vs "
-                        "YOLACT with its standard losses")
+                        "YOLACT with its standard losses; solov2: RS-SOLOv2 vs SOLOv2 (focal + "
+                        "Dice)")
     p.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER,
                    help=f"schedule length of every run (default {DEFAULT_MAX_ITER}; 2x: 2000)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2],

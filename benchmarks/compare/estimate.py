@@ -12,9 +12,11 @@ ASSUMED_S_PER_ITER = {("faster", "stock"): 0.13, ("faster", "rs"): 0.135,
                       ("atss", "stock"): 0.11, ("atss", "stock_gn"): 0.115, ("atss", "rs"): 0.12,
                       ("ranking", "ap"): 0.12, ("ranking", "alrp"): 0.12, ("ranking", "rs"): 0.12,
                       ("paa", "stock"): 0.13, ("paa", "rs"): 0.13,
-                      ("yolact", "stock"): 0.13, ("yolact", "rs"): 0.13}
+                      ("yolact", "stock"): 0.13, ("yolact", "rs"): 0.13,
+                      ("solov2", "stock"): 0.2, ("solov2", "rs"): 0.2}
 ASSUMED_S_PER_EVAL_IMAGE = {"faster": 0.03, "mask": 0.07, "atss": 0.03, "ranking": 0.03,
-                            "paa": 0.04, "yolact": 0.05}
+                            "paa": 0.04, "yolact": 0.05,
+                            "solov2": 0.06}
 ASSUMED_STARTUP_S = 15.0
 
 

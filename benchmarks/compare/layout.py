@@ -39,6 +39,8 @@ _PAIR_STEMS = OrderedDict(
     # RS-YOLACT and its stock-loss twin (the same YOLACT, OHEM cross entropy + smooth L1 +
     # mask BCE)
     yolact=OrderedDict(stock="yolact_R_18_FPN", rs="rs_yolact_R_18_FPN"),
+    # RS-SOLOv2 and its stock twin (the same SOLOv2, focal loss + Dice)
+    solov2=OrderedDict(stock="solov2_R_18_FPN", rs="rs_solov2_R_18_FPN"),
 )
 
 
@@ -55,9 +57,9 @@ DATASETS: Dict[str, Dict[str, Any]] = OrderedDict(
     rs_synthetic_hard=dict(train="rs_synthetic_hard_train", val="rs_synthetic_hard_val",
                            cfg_key="DATASETS.RS_SYNTHETIC_HARD", pairs=_pair_configs("_hard")),
 )
-PAIRS = ("faster", "mask", "atss", "ranking", "paa", "yolact")
+PAIRS = ("faster", "mask", "atss", "ranking", "paa", "yolact", "solov2")
 # The pairs of instance-segmentation models: their reports give mask AP too.
-MASK_PAIRS = ("mask", "yolact")
+MASK_PAIRS = ("mask", "yolact", "solov2")
 # What runs without --pairs: the comparisons with detectron2's stock models.
 DEFAULT_PAIRS = ("faster", "mask", "atss")
 MODEL_NAMES = {
@@ -75,6 +77,8 @@ MODEL_NAMES = {
     ("paa", "rs"): "RS-PAA",
     ("yolact", "stock"): "YOLACT, OHEM CE + smooth L1 + mask BCE",
     ("yolact", "rs"): "RS-YOLACT",
+    ("solov2", "stock"): "SOLOv2, focal loss + Dice",
+    ("solov2", "rs"): "RS-SOLOv2",
 }
 # Learning-rate grids; stock_gn defaults to the stock grid (--lrs-stock).
 DEFAULT_LRS = {"rs": (0.01, 0.02, 0.03), "stock": (0.01, 0.03, 0.06)}

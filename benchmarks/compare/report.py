@@ -103,6 +103,8 @@ def _header(results: Sequence[dict]) -> List[str]:
     title = ("# RS Loss vs the other ranking losses (AP Loss, aLRP Loss)" if pairs == {"ranking"}
              else "# RS-PAA vs PAA with its standard losses (focal loss + GIoU)" if pairs == {"paa"}
              else "# RS-YOLACT vs YOLACT with its standard losses" if pairs == {"yolact"}
+             else "# RS-SOLOv2 vs SOLOv2 with its standard losses (focal loss + Dice)"
+             if pairs == {"solov2"}
              else "# RS detectors vs detectron2's stock detectors")
     if results:
         title += (f" ({' / '.join(regimes)} regime, "
