@@ -17,12 +17,17 @@ __all__ = ["model_num_classes", "lazy_model_num_classes", "check_dataset_classes
 def model_num_classes(cfg: CfgNode) -> Tuple[str, int]:
     """The config key holding the number of classes of ``cfg``'s model, and its value:
     ``MODEL.RETINANET.NUM_CLASSES`` for the meta-architectures built on detectron2's
-    RetinaNet (RetinaNet, RSRetinaNet, RSPAA, PAA), ``MODEL.ROI_HEADS.NUM_CLASSES``
+    RetinaNet (RetinaNet, RSRetinaNet, RSPAA, PAA, RSYOLACT, YOLACT),
+    ``MODEL.SOLOV2.NUM_CLASSES`` for SOLOv2 and RS-SOLOv2, ``MODEL.ROI_HEADS.NUM_CLASSES``
     otherwise."""
     from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 
     name = cfg.MODEL.META_ARCHITECTURE
     arch = META_ARCH_REGISTRY.get(name) if name in META_ARCH_REGISTRY else None
+    from ..modeling.meta_arch import SOLOv2
+
+    if isinstance(arch, type) and issubclass(arch, SOLOv2):
+        return "MODEL.SOLOV2.NUM_CLASSES", int(cfg.MODEL.SOLOV2.NUM_CLASSES)
     if (isinstance(arch, type) and issubclass(arch, RetinaNet)) or "RetinaNet" in name:
         return "MODEL.RETINANET.NUM_CLASSES", int(cfg.MODEL.RETINANET.NUM_CLASSES)
     return "MODEL.ROI_HEADS.NUM_CLASSES", int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
