@@ -122,6 +122,9 @@ def add_rs_config(cfg: CN) -> None:
     cfg.MODEL.SOLOV2.NMS_KERNEL = "gaussian"
     cfg.MODEL.SOLOV2.NMS_SIGMA = 2.0
     cfg.MODEL.SOLOV2.UPDATE_THRESH_TEST = 0.05
+    # At most this many (cell, class) candidates above SCORE_THRESH_TEST get a mask (the
+    # best by category score); 0: all of them (published).
+    cfg.MODEL.SOLOV2.TOPK_CANDIDATES_TEST = 0
     # P6/P7 of the one-stage FPN backbones (build_retinanet_*_fpn_backbone of
     # rs_detectron2.modeling.backbone; detectron2's own builders do not read it):
     # "P5_NO_RELU" (published ATSS: P6 from P5's output, no ReLU before P7) or "RES5_RELU"

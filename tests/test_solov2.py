@@ -168,6 +168,29 @@ def test_inference_masks_and_boxes_at_the_output_size():
     assert torch.equal(boxes, out.pred_boxes.tensor)
 
 
+def test_candidate_cap_keeps_the_best_scores():
+    torch.manual_seed(0)
+    model = RSTrainer.build_model(_cfg("rs_solov2_R_18_FPN.yaml", "MODEL.SOLOV2.SCORE_THRESH_TEST",
+                                       0.0, "MODEL.SOLOV2.TOPK_CANDIDATES_TEST", 3,
+                                       "MODEL.SOLOV2.UPDATE_THRESH_TEST", 0.0)).eval()
+    seen = {}
+    import rs_detectron2.modeling.meta_arch.solov2 as solo
+
+    original = solo.dynamic_masks
+
+    def spy(feats, kernels, *a):
+        seen["n"] = len(kernels)
+        return original(feats, kernels, *a)
+
+    solo.dynamic_masks = spy
+    try:
+        with torch.no_grad():
+            model([{"image": torch.rand(3, 64, 64) * 255}])
+    finally:
+        solo.dynamic_masks = original
+    assert seen["n"] == 3
+
+
 def test_other_ranking_losses_fail_loudly():
     with pytest.raises(NotImplementedError, match="RS Loss only"):
         RSTrainer.build_model(_cfg("rs_solov2_R_18_FPN.yaml", "MODEL.RS.RANKING_LOSS", "ap"))

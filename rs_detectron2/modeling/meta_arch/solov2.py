@@ -13,7 +13,7 @@ raster order with the Dice values in ground-truth order, which mismatches when s
 objects share a level of an image: see :mod:`.solov2_targets`).
 
 Inference (published ``get_seg``): category scores (sigmoid, points NMS) above
-``SCORE_THRESH_TEST``, their masks (> ``MASK_THRESH``) larger than the level's stride in
+``SCORE_THRESH_TEST`` (at most the ``TOPK_CANDIDATES_TEST`` best when > 0), their masks (> ``MASK_THRESH``) larger than the level's stride in
 mask pixels, score x maskness, the ``NMS_PRE`` best, Matrix NMS (``NMS_KERNEL``,
 ``NMS_SIGMA``), decayed score >= ``UPDATE_THRESH``, the ``TEST.DETECTIONS_PER_IMAGE`` best;
 masks upsampled x4, cropped to the image and resized to the output size (> MASK_THRESH);
@@ -81,7 +81,7 @@ class SOLOv2(nn.Module):
                  focal_gamma: float = 2.0, dice_weight: float = 3.0,
                  score_thresh: float = 0.1, mask_thresh: float = 0.5,
                  update_thresh: float = 0.05, nms_pre: int = 500, nms_kernel: str = "gaussian",
-                 nms_sigma: float = 2.0, max_detections: int = 100):
+                 nms_sigma: float = 2.0, max_detections: int = 100, topk_candidates: int = 0):
         super().__init__()
         self.backbone = backbone
         self.ins_head = ins_head
@@ -96,6 +96,7 @@ class SOLOv2(nn.Module):
         self.update_thresh, self.nms_pre = float(update_thresh), int(nms_pre)
         self.nms_kernel, self.nms_sigma = nms_kernel, float(nms_sigma)
         self.max_detections = int(max_detections)
+        self.topk_candidates = int(topk_candidates)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
@@ -122,7 +123,8 @@ class SOLOv2(nn.Module):
                 "dice_weight": node.DICE_LOSS_WEIGHT, "score_thresh": node.SCORE_THRESH_TEST,
                 "mask_thresh": node.MASK_THRESH_TEST, "update_thresh": node.UPDATE_THRESH_TEST,
                 "nms_pre": node.NMS_PRE_TEST, "nms_kernel": node.NMS_KERNEL,
-                "nms_sigma": node.NMS_SIGMA, "max_detections": cfg.TEST.DETECTIONS_PER_IMAGE}
+                "nms_sigma": node.NMS_SIGMA, "max_detections": cfg.TEST.DETECTIONS_PER_IMAGE,
+                "topk_candidates": node.TOPK_CANDIDATES_TEST}
 
     @property
     def device(self) -> torch.device:
@@ -216,6 +218,9 @@ class SOLOv2(nn.Module):
         scores, kernels, strides = cat(scores), cat(kernels), cat(strides)
         cell, label = (scores > self.score_thresh).nonzero(as_tuple=True)
         score = scores[cell, label]
+        if 0 < self.topk_candidates < len(score):  # not published: a cap on the masks computed
+            top = score.topk(self.topk_candidates).indices
+            cell, label, score = cell[top], label[top], score[top]
         masks = dynamic_masks(mask_feats, kernels[cell]).sigmoid()
         seg = masks > self.mask_thresh
         area = seg.flatten(1).sum(1).to(masks.dtype)
