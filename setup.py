@@ -3,7 +3,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="rs_detectron2",
-    version="0.3.0",
+    version="0.4.0",
     description="Rank & Sort (RS) Loss (Oksuz et al., ICCV 2021) for detectron2",
     packages=find_packages(exclude=("tests", "tests.*", "benchmarks", "scripts")),
     python_requires=">=3.9",

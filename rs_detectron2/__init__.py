@@ -11,7 +11,7 @@ its catalogs, the ``rs_pretrained://`` weights with its ``PathManager``);
 """
 from typing import Any
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 __all__ = ["add_rs_config", "register_all"]
 
 
