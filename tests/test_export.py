@@ -40,9 +40,14 @@ MODELS = {
     "rs_retinanet": ("Base-RS-Synthetic-R18-RetinaNet.yaml", []),
     "rs_paa": ("rs_paa_R_18_FPN.yaml", []),  # with score voting
     "rs_yolact": ("rs_yolact_R_18_FPN.yaml", []),  # with masks from the prototypes
+    "rs_solov2": ("rs_solov2_R_18_FPN.yaml", ["MODEL.SOLOV2.SCORE_THRESH_TEST", 0.0,
+                                              "MODEL.SOLOV2.UPDATE_THRESH_TEST", 0.0]),
 }
 TWO_STAGE = ("rs_faster", "rs_mask", "rs_cascade")
-FAST_NMS = ("rs_yolact",)
+MATRIX_NMS = ("rs_yolact", "rs_solov2")
+# exported by tracing and ONNX only: TorchScript cannot compile SOLOv2's loops over its
+# levels' grids (docs/deployment.md)
+NOT_SCRIPTABLE = ("rs_solov2",)
 
 
 def _load_export_script():
@@ -192,6 +197,10 @@ def test_export_tracing(name, tmp_path):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_export_scripting(name, tmp_path):
     """scripting_with_instances, save, load, outputs equal to eager's."""
+    if name in NOT_SCRIPTABLE:
+        with pytest.raises(RuntimeError):  # fails loudly, at compile time
+            scripting_with_instances(build_tiny(name), FIELDS)
+        return
     model = build_tiny(name)
     scripted = scripting_with_instances(model, FIELDS)
     scripted.save(str(tmp_path / "model.ts"))
@@ -260,7 +269,8 @@ def export_onnx(name, path):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_export_onnx_writes_the_graph(name, tmp_path, monkeypatch):
     """torch.onnx.export of the TracingAdapter writes a graph of standard ONNX ops
-    (RoiAlign for the R-CNNs and YOLACT's masks, NonMaxSuppression but for YOLACT's Fast NMS). Without the onnx package, torch's
+    (RoiAlign for the R-CNNs and YOLACT's masks, NonMaxSuppression but for YOLACT's Fast NMS
+    and SOLOv2's Matrix NMS). Without the onnx package, torch's
     exporter builds the whole protobuf and only fails at its last step, which inserts
     onnxscript functions (there are none here): that step is skipped then."""
     try:
@@ -276,10 +286,10 @@ def test_export_onnx_writes_the_graph(name, tmp_path, monkeypatch):
     export_onnx(name, path)
     data = path.read_bytes()
     assert len(data) > 10000
-    # YOLACT's Fast NMS is matrix ops (no NonMaxSuppression); it samples its masks with
-    # RoiAlign (box_mask_samples)
-    assert (b"NonMaxSuppression" in data) == (name not in FAST_NMS)
-    assert (b"RoiAlign" in data) == (name in TWO_STAGE or name in FAST_NMS)
+    # YOLACT's Fast NMS and SOLOv2's Matrix NMS are matrix ops (no NonMaxSuppression);
+    # YOLACT samples its masks with RoiAlign (box_mask_samples)
+    assert (b"NonMaxSuppression" in data) == (name not in MATRIX_NMS)
+    assert (b"RoiAlign" in data) == (name in TWO_STAGE or name == "rs_yolact")
     assert b"PythonOp" not in data
     if onnx is not None:
         onnx.checker.check_model(onnx.load(str(path)))

@@ -191,6 +191,17 @@ def test_candidate_cap_keeps_the_best_scores():
     assert seen["n"] == 3
 
 
+def test_mask_bounding_boxes_equal_detectron2s():
+    from rs_detectron2.layers import mask_bounding_boxes
+
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(6, 9, 13, generator=g) > 0.8
+    masks[0] = False  # empty
+    masks[1] = False
+    masks[1, 4, 7] = True  # one pixel
+    assert torch.equal(mask_bounding_boxes(masks), BitMasks(masks).get_bounding_boxes().tensor)
+
+
 def test_other_ranking_losses_fail_loudly():
     with pytest.raises(NotImplementedError, match="RS Loss only"):
         RSTrainer.build_model(_cfg("rs_solov2_R_18_FPN.yaml", "MODEL.RS.RANKING_LOSS", "ap"))

@@ -78,12 +78,12 @@ def matrix_nms(masks: Tensor, labels: Tensor, scores: Tensor, kernel: str = "gau
     """
     if kernel not in ("gaussian", "linear"):
         raise ValueError(f"matrix_nms: kernel must be 'gaussian' or 'linear', got {kernel!r}")
-    n = len(labels)
-    if n == 0:
-        return scores.clone()
-    if bool((scores[1:] > scores[:-1]).any()):
-        raise ValueError("matrix_nms: masks must be sorted by descending score")
-    flat = masks.reshape(n, -1).to(torch.float64)
+    if not torch.jit.is_tracing():  # (a traced model follows the number of masks)
+        if len(labels) == 0:
+            return scores.clone()
+        if bool((scores[1:] > scores[:-1]).any()):
+            raise ValueError("matrix_nms: masks must be sorted by descending score")
+    flat = masks.flatten(1).to(torch.float64)
     inter = flat @ flat.t()
     area = flat.sum(1)
     union = area[:, None] + area[None, :] - inter

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["assemble_masks", "crop_masks", "mask_targets"]
+__all__ = ["assemble_masks", "crop_masks", "mask_targets", "mask_bounding_boxes"]
 
 
 def _sanitize_coordinates(c1: Tensor, c2: Tensor, size: int, padding: int) -> Tuple[Tensor, Tensor]:
@@ -85,3 +85,20 @@ def mask_targets(gt_masks: Tensor, mask_size: Tuple[int, int]) -> Tensor:
     resized = F.interpolate(gt_masks.to(dtype).unsqueeze(0), (h, w), mode="bilinear",
                             align_corners=False).squeeze(0)
     return (resized > 0.5).to(dtype)
+
+
+def mask_bounding_boxes(masks: Tensor) -> Tensor:
+    """(N, 4) float32 XYXY tight boxes of (N, H, W) bool masks, all zero for an empty mask:
+    detectron2's ``BitMasks.get_bounding_boxes`` without its loop over the masks (so that a
+    traced model follows the number of masks)."""
+    h, w = masks.shape[-2], masks.shape[-1]
+    x_any, y_any = masks.any(dim=1), masks.any(dim=2)
+    xs = torch.arange(w, device=masks.device)
+    ys = torch.arange(h, device=masks.device)
+    x0 = torch.where(x_any, xs, torch.full_like(xs, w)).min(dim=1).values
+    x1 = torch.where(x_any, xs, torch.full_like(xs, -1)).max(dim=1).values + 1
+    y0 = torch.where(y_any, ys, torch.full_like(ys, h)).min(dim=1).values
+    y1 = torch.where(y_any, ys, torch.full_like(ys, -1)).max(dim=1).values + 1
+    boxes = torch.stack([x0, y0, x1, y1], dim=1).to(torch.float32)
+    empty = ~(x_any.any(dim=1) & y_any.any(dim=1))
+    return torch.where(empty[:, None], torch.zeros_like(boxes), boxes)

@@ -32,7 +32,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.structures import BitMasks, Boxes, ImageList, Instances, PolygonMasks
 from detectron2.utils.events import get_event_storage
 
-from rs_detectron2.layers import matrix_nms
+from rs_detectron2.layers import mask_bounding_boxes, matrix_nms
 from rs_detectron2.losses import pooled_rank_sort_loss
 
 from ..rs_head_recipe import (
@@ -147,11 +147,12 @@ class SOLOv2(nn.Module):
                                images.tensor.shape[-2:])
         results = []
         for i, image_size in enumerate(images.image_sizes):
+            # sizes stay tensors while tracing, so that an exported model follows its input
             height = batched_inputs[i].get("height", image_size[0])
             width = batched_inputs[i].get("width", image_size[1])
             results.append({"instances": self.inference_single_image(
                 [c[i] for c in cate_preds], [k[i] for k in kernel_preds], mask_feats[i],
-                image_size, images.tensor.shape[-2:], (int(height), int(width)))})
+                image_size, images.tensor.shape[-2:], (height, width))})
         return results
 
     # ---- training -------------------------------------------------------------------
@@ -236,16 +237,13 @@ class SOLOv2(nn.Module):
         masks, score, label = masks[order], score[order], label[order]
         # published: x4 to the padded input, crop to the image, resize to the output
         h, w = image_size
-        if len(masks):
-            up = F.interpolate(masks[None], scale_factor=float(OUTPUT_STRIDE), mode="bilinear",
-                               align_corners=False)[0][:, :h, :w]
-            final = F.interpolate(up[None], output_size, mode="bilinear",
-                                  align_corners=False)[0] > self.mask_thresh
-        else:
-            final = masks.new_zeros((0,) + tuple(output_size), dtype=torch.bool)
+        up = F.interpolate(masks[None], scale_factor=float(OUTPUT_STRIDE), mode="bilinear",
+                           align_corners=False)[0][:, :h, :w]
+        final = F.interpolate(up[None], size=output_size, mode="bilinear",
+                              align_corners=False)[0] > self.mask_thresh
         result = Instances(output_size)
         result.pred_masks = final
-        result.pred_boxes = BitMasks(final).get_bounding_boxes()
+        result.pred_boxes = Boxes(mask_bounding_boxes(final))
         result.scores = score
         result.pred_classes = label
         return result

@@ -43,7 +43,7 @@ def coord_features(x: Tensor) -> Tensor:
     return torch.stack([xx, y], 0).unsqueeze(0).expand(n, -1, -1, -1)
 
 
-def split_feats(feats: Sequence[Tensor]) -> List[Tensor]:
+def split_feats(feats: List[Tensor]) -> List[Tensor]:
     """The published ``split_feats`` of p2..p6: P2 bilinearly resized by 0.5 (sizes floored,
     align_corners False; ``recompute_scale_factor`` keeps torch < 1.6's size-based sampling,
     which the published torch >= 1.1 used), P3, P4, P5 as is, P6 bilinearly resized to P5's
@@ -132,7 +132,7 @@ class SOLOv2InstanceHead(nn.Module):
         cate_pred = self.solo_cate(self.cate_convs(cate_feat))
         return cate_pred, kernel_pred
 
-    def forward(self, features: Sequence[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+    def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
         """p2..p6 -> per level (strides 8, 8, 16, 32, 32 before the resize): category logits
         (N, K, S, S) and kernels (N, E * k * k, S, S)."""
         cate_preds: List[Tensor] = []
@@ -184,7 +184,7 @@ class SOLOv2MaskFeatureHead(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, std=0.01)
 
-    def forward(self, features: Sequence[Tensor]) -> Tensor:
+    def forward(self, features: List[Tensor]) -> Tensor:
         """The maps of levels ``start_level..end_level`` (p2..p5) -> mask features
         (N, E, H/4, W/4) at P2's size (input sizes divisible by 32)."""
         if len(features) != self.end_level - self.start_level + 1:
