@@ -21,7 +21,7 @@ The assignment needs the predictions, so it happens in ``forward_training``:
 At test time the detections kept by NMS are moved by score voting
 (:func:`rs_detectron2.layers.score_voting`, ``MODEL.PAA.SCORE_VOTING``).
 """
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 from fvcore.nn import giou_loss, sigmoid_focal_loss

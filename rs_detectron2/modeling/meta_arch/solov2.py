@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
-from detectron2.structures import BitMasks, Boxes, ImageList, Instances, PolygonMasks
+from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 
 from rs_detectron2.layers import mask_bounding_boxes, matrix_nms
@@ -49,22 +49,13 @@ from .solov2_heads import (
     dynamic_masks,
     points_nms,
 )
+from .gt_masks import padded_gt_masks
 from .solov2_targets import OUTPUT_STRIDE, solov2_targets
 
 __all__ = ["SOLOv2", "RSSOLOv2"]
 
 # SOLO's Dice: 1 - 2 sum(p t) / ((sum p^2 + 0.001) + (sum t^2 + 0.001))
 _DICE_SMOOTH = 0.002
-
-
-def _gt_bitmasks(gt: Instances, height: int, width: int) -> Tensor:
-    """(G, height, width) bool ground-truth masks, zero-padded to the padded input."""
-    masks = gt.gt_masks
-    if isinstance(masks, PolygonMasks):
-        masks = BitMasks.from_polygon_masks(masks, *gt.image_size)
-    tensor = masks.tensor if isinstance(masks, BitMasks) else torch.as_tensor(masks)
-    tensor = tensor.bool()
-    return F.pad(tensor, (0, width - tensor.shape[-1], 0, height - tensor.shape[-2]))
 
 
 @META_ARCH_REGISTRY.register()
@@ -163,7 +154,7 @@ class SOLOv2(nn.Module):
         num_images = len(gt_instances)
         feat_size = mask_feats.shape[-2:]
         per_image = [solov2_targets(
-            gt.gt_boxes.tensor, gt.gt_classes, _gt_bitmasks(gt, *padded_size), feat_size,
+            gt.gt_boxes.tensor, gt.gt_classes, padded_gt_masks(gt, *padded_size), feat_size,
             self.num_classes, self.ins_head.num_grids, self.scale_ranges, self.sigma)
             for gt in gt_instances]
         logits, rows, classes, probs, targets = [], [], [], [], []

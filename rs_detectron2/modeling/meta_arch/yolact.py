@@ -34,7 +34,7 @@ from torchvision.ops import roi_align
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
-from detectron2.structures import BitMasks, Boxes, ImageList, Instances, PolygonMasks, pairwise_iou
+from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
 from rs_detectron2.layers import assemble_masks, crop_masks, fast_nms, mask_targets
@@ -48,6 +48,7 @@ from ..rs_head_recipe import (
     score_weighted_mean,
     score_weights,
 )
+from .gt_masks import padded_gt_masks
 from .rs_retinanet import IGNORED_RETINANET_KEYS, RSRetinaNet
 from .yolact_losses import (
     ohem_num_total_samples,
@@ -142,17 +143,6 @@ class ProtoNet(nn.Module):
         return self.after(x)
 
 
-def _gt_bitmasks(gt: Instances, height: int, width: int) -> Tensor:
-    """The ground-truth masks of one image as a (G, height, width) float tensor (bitmasks or
-    polygons, zero-padded to the batch's padded size)."""
-    masks = gt.gt_masks
-    if isinstance(masks, PolygonMasks):
-        masks = BitMasks.from_polygon_masks(masks, *gt.image_size)
-    tensor = masks.tensor if isinstance(masks, BitMasks) else torch.as_tensor(masks)
-    tensor = tensor.float()
-    return F.pad(tensor, (0, width - tensor.shape[-1], 0, height - tensor.shape[-2]))
-
-
 class YOLACTMasks:
     """YOLACT's mask branch, assignment and inference for a detectron2 ``RetinaNet``
     subclass (mixed in before it); the subclass gives the losses (:meth:`yolact_losses`)
@@ -204,7 +194,7 @@ class YOLACTMasks:
         anchors = self._anchors(features, images)
         gt_labels, matched_idxs = self.label_anchors_with_indices(anchors, gt_instances)
         prototypes = self.protonet(features[0])
-        masks = [_gt_bitmasks(gt, *images.tensor.shape[-2:]) for gt in gt_instances]
+        masks = [padded_gt_masks(gt, *images.tensor.shape[-2:]).float() for gt in gt_instances]
         return self.yolact_losses(anchors, cat(pred_logits, 1), cat(pred_deltas, 1),
                                   cat(pred_coeffs, 1), prototypes, gt_labels, matched_idxs,
                                   gt_instances, masks, images.tensor.shape[-2:])
