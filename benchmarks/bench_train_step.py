@@ -55,7 +55,7 @@ from detectron2 import model_zoo  # noqa: E402
 from detectron2.config import CfgNode, get_cfg  # noqa: E402
 from detectron2.layers import FrozenBatchNorm2d  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
-from detectron2.solver import build_optimizer  # noqa: E402
+from rs_detectron2.solver import build_rs_optimizer  # noqa: E402  (+ whole-model clipping)
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks  # noqa: E402
 from detectron2.utils.env import seed_all_rng  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
@@ -216,7 +216,7 @@ class TrainStep:
         if calibrate:
             calibrate_frozen_bn(self.model, batch)
         self.model.train()
-        self.optimizer = build_optimizer(cfg, self.model)
+        self.optimizer = build_rs_optimizer(cfg, self.model)
         self.batch = batch
         self.lr = float(cfg.SOLVER.BASE_LR)
         self.last_losses: Dict[str, float] = {}

@@ -37,6 +37,7 @@ from ..data.repeat_factor_sampler import (
 )
 from ..data.yolact_augmentations import YOLACTDatasetMapper, input_augmentations
 from ..evaluation import build_rs_evaluator
+from ..solver import build_rs_optimizer
 from ..modeling.backbone import check_deformable_backbone
 from ..modeling.sparse_poolers import use_sparse_cpu_poolers
 from .dataset_check import check_dataset_classes
@@ -98,6 +99,8 @@ class RSTrainer(DefaultTrainer):
       which warns when an RS ranking loss has not started to fall;
     * a model on the CPU is wrapped in DistributedDataParallel with ``device_ids=None``,
       so ``train_net.py --num-gpus N`` also works on a CPU-only machine;
+    * :meth:`build_optimizer` adds whole-model gradient clipping
+      (``SOLVER.CLIP_GRADIENTS.CLIP_TYPE`` "full_model", the published SOLOv2's);
     * :meth:`build_train_loader` rounds repeat factors as ``DATALOADER.REPEAT_ROUNDING``
       says ("ceil": the published :class:`CeilRepeatFactorTrainingSampler`);
     * with ``INPUT.AUGMENTATIONS`` "yolact" the train and test loaders map images with
@@ -139,6 +142,12 @@ class RSTrainer(DefaultTrainer):
         ``POOLER_SPARSE_CPU`` get the sparse CPU ROIAlign (any RoI heads, stock too)."""
         check_deformable_backbone(cfg)
         return use_sparse_cpu_poolers(super().build_model(cfg), cfg)
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: nn.Module):
+        """detectron2's optimizer, plus ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE`` "full_model"
+        (:func:`rs_detectron2.solver.build_rs_optimizer`)."""
+        return build_rs_optimizer(cfg, model)
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
