@@ -168,6 +168,17 @@ def test_inference_masks_and_boxes_at_the_output_size():
     assert torch.equal(boxes, out.pred_boxes.tensor)
 
 
+def test_inference_without_any_detection():
+    """A score threshold nothing passes: an empty result of the output size, no error."""
+    model = RSTrainer.build_model(_cfg("rs_solov2_R_18_FPN.yaml",
+                                       "MODEL.SOLOV2.SCORE_THRESH_TEST", 1.0)).eval()
+    with torch.no_grad():
+        out = model([{"image": torch.rand(3, 64, 64) * 255, "height": 32, "width": 40}])
+    inst = out[0]["instances"]
+    assert len(inst) == 0 and inst.pred_masks.shape == (0, 32, 40)
+    assert inst.pred_boxes.tensor.shape == (0, 4)
+
+
 def test_candidate_cap_keeps_the_best_scores():
     torch.manual_seed(0)
     model = RSTrainer.build_model(_cfg("rs_solov2_R_18_FPN.yaml", "MODEL.SOLOV2.SCORE_THRESH_TEST",

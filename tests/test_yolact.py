@@ -233,3 +233,12 @@ def test_fast_nms_is_what_inference_uses_per_class():
     scores = torch.tensor([[0.9, 0.1], [0.8, 0.7], [0.3, 0.6]])
     keep, classes, kept = fast_nms(boxes, scores, 0.5, 200)
     assert sorted(zip(keep.tolist(), classes.tolist())) == [(0, 0), (1, 1), (2, 0), (2, 1)]
+
+
+def test_inference_without_any_detection():
+    model = RSTrainer.build_model(_cfg("rs_yolact_R_18_FPN.yaml",
+                                       "MODEL.RETINANET.SCORE_THRESH_TEST", 1.0)).eval()
+    with torch.no_grad():
+        out = model([{"image": torch.rand(3, 64, 64) * 255, "height": 32, "width": 40}])
+    inst = out[0]["instances"]
+    assert len(inst) == 0 and inst.pred_masks.shape == (0, 32, 40)

@@ -227,11 +227,14 @@ class SOLOv2(nn.Module):
         order = score.argsort(descending=True)[: self.max_detections]
         masks, score, label = masks[order], score[order], label[order]
         # published: x4 to the padded input, crop to the image, resize to the output
+        # (one all-zero mask appended and dropped: interpolate rejects an empty batch, and a
+        # traced model must not branch on the number of masks)
         h, w = image_size
-        up = F.interpolate(masks[None], scale_factor=float(OUTPUT_STRIDE), mode="bilinear",
+        padded = torch.cat([masks, masks.new_zeros((1,) + tuple(masks.shape[1:]))])
+        up = F.interpolate(padded[None], scale_factor=float(OUTPUT_STRIDE), mode="bilinear",
                            align_corners=False)[0][:, :h, :w]
-        final = F.interpolate(up[None], size=output_size, mode="bilinear",
-                              align_corners=False)[0] > self.mask_thresh
+        final = (F.interpolate(up[None], size=output_size, mode="bilinear",
+                               align_corners=False)[0] > self.mask_thresh)[:-1]
         result = Instances(output_size)
         result.pred_masks = final
         result.pred_boxes = Boxes(mask_bounding_boxes(final))
