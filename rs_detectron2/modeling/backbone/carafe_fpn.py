@@ -25,9 +25,11 @@ from detectron2.config import CfgNode as CN
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import Backbone
-from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from torch import nn
+
+from .top_down_fpn import TopDownFPN
 
 __all__ = [
     "carafe",
@@ -224,7 +226,7 @@ class CARAFEUpsample(nn.Module):
         return self.reassemble(x, self.kernels(x))
 
 
-class CARAFEFPN(FPN):
+class CARAFEFPN(TopDownFPN):
     """detectron2's :class:`FPN` whose top-down upsampling is CARAFE instead of nearest.
 
     Everything else is detectron2's: lateral and output convs (and their init), norm,
@@ -275,32 +277,10 @@ class CARAFEFPN(FPN):
         # Top-down order, like lateral_convs/output_convs: upsamplers[idx - 1] feeds level idx.
         self.upsamplers = upsamplers[::-1]
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """detectron2's ``FPN.forward`` with CARAFE in place of ``F.interpolate(nearest)``."""
-        bottom_up_features = self.bottom_up(x)
-        results = []
-        prev_features = self.lateral_convs[0](bottom_up_features[self.in_features[-1]])
-        results.append(self.output_convs[0](prev_features))
-        for idx, (lateral_conv, output_conv) in enumerate(
-            zip(self.lateral_convs, self.output_convs)
-        ):
-            if idx > 0:
-                features = bottom_up_features[self.in_features[-idx - 1]]
-                top_down_features = self.upsamplers[idx - 1](prev_features)
-                lateral_features = lateral_conv(features)
-                prev_features = lateral_features + top_down_features
-                if self._fuse_type == "avg":
-                    prev_features /= 2
-                results.insert(0, output_conv(prev_features))
-
-        if self.top_block is not None:
-            if self.top_block.in_feature in bottom_up_features:
-                top_block_in_feature = bottom_up_features[self.top_block.in_feature]
-            else:
-                top_block_in_feature = results[self._out_features.index(self.top_block.in_feature)]
-            results.extend(self.top_block(top_block_in_feature))
-        assert len(self._out_features) == len(results)
-        return {f: res for f, res in zip(self._out_features, results)}
+    def upsample_top_down(self, idx: int, coarser: torch.Tensor,
+                          lateral: torch.Tensor) -> torch.Tensor:
+        """CARAFE in place of detectron2's ``F.interpolate(nearest)``."""
+        return self.upsamplers[idx - 1](coarser)
 
 
 def _carafe_kwargs(cfg: CN) -> Dict[str, int]:

@@ -15,7 +15,7 @@ pipeline resizes every image to 550x550 and pads nothing (no ``Pad`` transform; 
 ``collate`` only pads to the largest image of the batch), which is what gives its 69x69 P3
 and 138x138 prototypes.
 """
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -23,11 +23,12 @@ from torch import Tensor
 from detectron2.config import CfgNode
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
-from detectron2.modeling.backbone import FPN, Backbone
+from detectron2.modeling.backbone import Backbone
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
 from .small_resnet import build_small_resnet
+from .top_down_fpn import TopDownFPN
 
 __all__ = [
     "YOLACT_IN_FEATURES",
@@ -51,7 +52,7 @@ class LastLevelP6P7FromC5NoReLU(LastLevelP6P7):
         return [p6, self.p7(p6)]
 
 
-class YolactFPN(FPN):
+class YolactFPN(TopDownFPN):
     """detectron2's FPN with a bilinear, size-matched top-down path and no input padding."""
 
     @property
@@ -59,38 +60,11 @@ class YolactFPN(FPN):
         """0: inputs are not padded to the last stride (YOLACT's 550 is no multiple of 128)."""
         return 0
 
-    def forward(self, x: Tensor) -> Dict[str, Tensor]:
-        """As :meth:`FPN.forward`, but the coarser map is resized bilinearly (align_corners
-        False) to the size of the lateral it is added to."""
-        bottom_up_features = self.bottom_up(x)
-        results: List[Tensor] = []
-        prev_features = self.lateral_convs[0](bottom_up_features[self.in_features[-1]])
-        results.append(self.output_convs[0](prev_features))
-        for idx, (lateral_conv, output_conv) in enumerate(
-            zip(self.lateral_convs, self.output_convs)
-        ):
-            # ModuleList slicing is not scriptable: loop over all, skip the first (as FPN).
-            if idx > 0:
-                lateral_features = lateral_conv(bottom_up_features[self.in_features[-idx - 1]])
-                top_down_features = F.interpolate(
-                    prev_features,
-                    size=lateral_features.shape[-2:],
-                    mode="bilinear",
-                    align_corners=False,
-                )
-                prev_features = lateral_features + top_down_features
-                if self._fuse_type == "avg":
-                    prev_features = prev_features / 2
-                results.insert(0, output_conv(prev_features))
-
-        if self.top_block is not None:
-            if self.top_block.in_feature in bottom_up_features:
-                top_block_in_feature = bottom_up_features[self.top_block.in_feature]
-            else:
-                top_block_in_feature = results[self._out_features.index(self.top_block.in_feature)]
-            results.extend(self.top_block(top_block_in_feature))
-        assert len(self._out_features) == len(results)
-        return {f: res for f, res in zip(self._out_features, results)}
+    def upsample_top_down(self, idx: int, coarser: Tensor, lateral: Tensor) -> Tensor:
+        """The coarser map resized bilinearly (align_corners False) to the size of the
+        lateral it is added to."""
+        return F.interpolate(coarser, size=lateral.shape[-2:], mode="bilinear",
+                             align_corners=False)
 
 
 def _yolact_fpn(
