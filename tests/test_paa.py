@@ -26,17 +26,10 @@ from rs_detectron2.modeling.meta_arch import (
 )
 
 from .test_paa_gmm import _reference as gmm_reference
+from .test_rs_retinanet import _iou64  # the float64 IoU loop of the ATSS tests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = os.path.join(ROOT, "configs", "Synthetic")
-
-
-def _iou64(a, b):
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if inter > 0 else 0.0
 
 
 def _random_boxes(g, n, size=100.0):
